@@ -1,0 +1,11 @@
+"""huey-rs: a drop-in replacement for the huey task queue, with its hot paths in Rust."""
+
+__author__ = 'huey-rs developers'
+__license__ = 'MIT'
+__version__ = '3.5.4'  # the huey API version this package reproduces
+
+from huey.crontab import crontab
+from huey.exceptions import CancelExecution, RetryTask
+from huey.utils import SKIPPED, Error
+
+__all__ = ['crontab', 'CancelExecution', 'RetryTask', 'Error', 'SKIPPED']

@@ -1,0 +1,88 @@
+"""Message serialization: pickle in Python, framing (compression, signing) in Rust.
+
+Framed bytes are identical to huey 3.5.4's: gzip or zlib streams, and signed messages as
+``payload + b':' + hex HMAC-SHA1`` keyed with ``SHA1(salt + secret)``.
+"""
+
+import logging
+import pickle
+
+from huey._native import Framing, derive_signing_key, signature
+from huey.exceptions import ConfigurationError
+from huey.utils import encode
+
+logger = logging.getLogger('huey.serializer')
+
+
+def is_compressed(data):
+    return bool(data) and data[0] in (0x1F, 0x78)
+
+
+class Serializer:
+    """Pickles messages; with ``compression`` gzips them (zlib with ``use_zlib``).
+
+    Subclasses may override ``_serialize``/``_deserialize`` to change the encoding; framing
+    is applied around whatever they return.
+    """
+
+    def __init__(self, compression=False, compression_level=6, use_zlib=False,
+                 pickle_protocol=pickle.HIGHEST_PROTOCOL):
+        self.comp = compression
+        self.comp_level = compression_level
+        self.use_zlib = use_zlib
+        self.pickle_protocol = pickle_protocol or pickle.HIGHEST_PROTOCOL
+        key = self._signing_key()
+        if compression or key is not None:
+            self._framing = Framing(bool(compression), compression_level, bool(use_zlib), key)
+        else:
+            self._framing = None
+
+    def _signing_key(self):
+        return None
+
+    def _serialize(self, data):
+        return pickle.dumps(data, self.pickle_protocol)
+
+    def _deserialize(self, data):
+        return pickle.loads(data)
+
+    def serialize(self, data):
+        if self._framing is None:
+            return self._serialize(data)
+        return self._framing.encode(self._serialize(data))
+
+    def deserialize(self, data):
+        if self._framing is None:
+            return self._deserialize(data)
+        if self.comp and not is_compressed(data):
+            logger.warning('compression enabled but message data does not appear to be '
+                           'compressed.')
+        return self._deserialize(self._framing.decode(data))
+
+
+class SignedSerializer(Serializer):
+    """Signs every message with HMAC-SHA1; a message whose signature does not verify raises
+    ``ValueError`` before anything is unpickled."""
+
+    separator = b':'
+
+    def __init__(self, secret=None, salt='huey', **kwargs):
+        if not secret or not salt:
+            raise ConfigurationError(f'The secret and salt parameters are required by '
+                                     f'{type(self)!r}')
+        self.secret = encode(secret)
+        self.salt = encode(salt)
+        self._key = derive_signing_key(self.secret, self.salt)
+        super().__init__(**kwargs)
+
+    def _signing_key(self):
+        return self._key
+
+    def _signature(self, message):
+        return signature(self._key, message)
+
+    def _sign(self, message):
+        return message + self.separator + self._signature(message)
+
+    def _unsign(self, signed):
+        return Framing(key=self._key).decode(signed)

@@ -1,0 +1,5 @@
+"""Storage backends. ``from huey.storage import X`` works for every storage huey ships."""
+
+from huey.storage.base import BaseStorage, BlackHoleStorage
+
+__all__ = ['BaseStorage', 'BlackHoleStorage']

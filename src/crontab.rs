@@ -1,0 +1,459 @@
+//! Crontab matching for periodic tasks.
+//!
+//! Each field is parsed once into a bit set; matching a datetime is five bit tests. The grammar
+//! and its quirks are huey 3.5.4's: `*`, `*/n`, `m-n` (wrapping when `m > n`), `m-n/step`,
+//! comma-separated lists and bare integers; day-of-week counts 0 = Sunday and accepts 7 for
+//! Sunday; pieces that fit no form are ignored unless `strict`.
+
+use std::fmt;
+use std::os::raw::c_char;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronError(pub String);
+
+impl fmt::Display for CronError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Minute,
+    Hour,
+    Day,
+    Month,
+    DayOfWeek,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Minute => "minute",
+            Field::Hour => "hour",
+            Field::Day => "day",
+            Field::Month => "month",
+            Field::DayOfWeek => "day_of_week",
+        }
+    }
+
+    /// Inclusive bounds of the values a user may write (day-of-week accepts 7 for Sunday).
+    fn bounds(self) -> (u32, u32) {
+        match self {
+            Field::Minute => (0, 59),
+            Field::Hour => (0, 23),
+            Field::Day => (1, 31),
+            Field::Month => (1, 12),
+            Field::DayOfWeek => (0, 7),
+        }
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses a run of digits; `None` means it does not fit in a u32 (so it is out of range anyway).
+fn number(s: &str) -> Option<u32> {
+    s.parse().ok()
+}
+
+/// Splits `m-n` or `m-n/step` into its numbers, or `None` when the piece has another form.
+fn split_range(piece: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (lhs, rest) = piece.split_once('-')?;
+    let (rhs, step) = match rest.split_once('/') {
+        Some((rhs, step)) => (rhs, Some(step)),
+        None => (rest, None),
+    };
+    let ok = is_number(lhs) && is_number(rhs) && step.is_none_or(is_number);
+    ok.then_some((lhs, rhs, step))
+}
+
+/// Parses one crontab field into a bit set (bit `v` set when value `v` matches).
+pub fn parse_field(spec: &str, field: Field, strict: bool) -> Result<u64, CronError> {
+    let (lo, hi) = field.bounds();
+    let name = field.name();
+    let in_range = |v: Option<u32>| v.filter(|v| (lo..=hi).contains(v));
+    let mut bits: u64 = 0;
+    for piece in spec.split(',') {
+        if piece == "*" {
+            bits |= (lo..=hi).fold(0, |acc, v| acc | 1 << v);
+        } else if is_number(piece) {
+            let v = in_range(number(piece))
+                .ok_or_else(|| CronError(format!("{piece} is not a valid {name} ({lo}-{hi})")))?;
+            bits |= 1 << v;
+        } else if let Some((lhs, rhs, step)) = split_range(piece) {
+            let invalid = || CronError(format!("{piece} is not a valid {name} range ({lo}-{hi})"));
+            let start = in_range(number(lhs)).ok_or_else(invalid)?;
+            let end = in_range(number(rhs)).ok_or_else(invalid)?;
+            let step = match step {
+                None => 1,
+                Some(s) => match number(s) {
+                    Some(n) if n > 0 => n as usize,
+                    _ => return Err(CronError(format!("{piece}: the step must be at least 1"))),
+                },
+            };
+            // A range whose start is past its end wraps around the top of the field.
+            let values: Vec<u32> = if start <= end {
+                (start..=end).collect()
+            } else {
+                let top = if field == Field::DayOfWeek { 6 } else { hi };
+                (start..=top).chain(lo..=end).collect()
+            };
+            bits |= values
+                .into_iter()
+                .step_by(step)
+                .fold(0, |acc, v| acc | 1 << v);
+        } else if let Some(interval) = piece.strip_prefix("*/").filter(|s| is_number(s)) {
+            if field == Field::DayOfWeek {
+                return Err(CronError(format!(
+                    "{piece}: day_of_week does not support */n, list the days instead"
+                )));
+            }
+            let interval = match number(interval) {
+                Some(n) if n > 0 => n as usize,
+                _ => {
+                    return Err(CronError(format!(
+                        "{piece}: the interval must be at least 1"
+                    )))
+                }
+            };
+            bits |= (lo..=hi).step_by(interval).fold(0, |acc, v| acc | 1 << v);
+        } else if strict {
+            return Err(CronError(format!("'{piece}' is not a valid {name}")));
+        }
+    }
+    if field == Field::DayOfWeek && bits & (1 << 7) != 0 {
+        bits = (bits & !(1 << 7)) | 1; // 7 is another name for Sunday
+    }
+    if bits == 0 {
+        return Err(CronError(format!("{name}='{spec}' matches no values")));
+    }
+    Ok(bits)
+}
+
+/// A parsed crontab: one bit set per field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    minute: u64,
+    hour: u64,
+    day: u64,
+    month: u64,
+    day_of_week: u64,
+}
+
+impl Schedule {
+    pub fn parse(
+        minute: &str,
+        hour: &str,
+        day: &str,
+        month: &str,
+        day_of_week: &str,
+        strict: bool,
+    ) -> Result<Self, CronError> {
+        // Checked in huey's order, so the first error reported is the same one.
+        let month = parse_field(month, Field::Month, strict)?;
+        let day = parse_field(day, Field::Day, strict)?;
+        let day_of_week = parse_field(day_of_week, Field::DayOfWeek, strict)?;
+        let hour = parse_field(hour, Field::Hour, strict)?;
+        let minute = parse_field(minute, Field::Minute, strict)?;
+        Ok(Schedule {
+            minute,
+            hour,
+            day,
+            month,
+            day_of_week,
+        })
+    }
+
+    /// `day_of_week` counts 0 = Sunday.
+    pub fn matches(&self, month: u32, day: u32, day_of_week: u32, hour: u32, minute: u32) -> bool {
+        let has = |bits: u64, v: u32| v < 64 && bits & (1 << v) != 0;
+        has(self.month, month)
+            && has(self.day, day)
+            && has(self.day_of_week, day_of_week)
+            && has(self.hour, hour)
+            && has(self.minute, minute)
+    }
+
+    pub fn matches_date(&self, date: &DateFields) -> bool {
+        let dow = day_of_week(date.year, date.month, date.day);
+        self.matches(date.month, date.day, dow, date.hour, date.minute)
+    }
+}
+
+/// The calendar fields crontab looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateFields {
+    pub year: i32,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+}
+
+/// Day of the week of a proleptic Gregorian date, 0 = Sunday (Sakamoto's method).
+pub fn day_of_week(year: i32, month: u32, day: u32) -> u32 {
+    const OFFSETS: [i32; 12] = [0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4];
+    let y = if month < 3 { year - 1 } else { year };
+    let m = (month.clamp(1, 12) - 1) as usize;
+    (y + y / 4 - y / 100 + y / 400 + OFFSETS[m] + day as i32).rem_euclid(7) as u32
+}
+
+/// Memory layout of CPython's `PyDateTime_DateTime` up to its packed date fields. The limited
+/// API hides the accessor macros, but this prefix has been the same in every CPython 3.x; it is
+/// verified against a known datetime when the module loads and the fast path is switched off if
+/// it ever differs.
+#[repr(C)]
+struct RawDateTime {
+    ob_base: ffi::PyObject,
+    hashcode: ffi::Py_hash_t,
+    hastzinfo: c_char,
+    data: [u8; 10],
+}
+
+struct DateTimeType {
+    class: Py<PyType>,
+    layout_ok: bool,
+}
+
+static DATETIME: PyOnceLock<DateTimeType> = PyOnceLock::new();
+
+fn datetime_type(py: Python<'_>) -> PyResult<&DateTimeType> {
+    DATETIME.get_or_try_init(py, || {
+        let class = py
+            .import("datetime")?
+            .getattr("datetime")?
+            .cast_into::<PyType>()?;
+        let probe = class.call1((2001, 2, 3, 4, 5))?;
+        // SAFETY: `probe` is an exact `datetime.datetime`, whose layout starts with RawDateTime.
+        let raw = unsafe { read_raw(probe.as_ptr()) };
+        let expected = DateFields {
+            year: 2001,
+            month: 2,
+            day: 3,
+            hour: 4,
+            minute: 5,
+        };
+        Ok(DateTimeType {
+            class: class.unbind(),
+            layout_ok: raw == expected,
+        })
+    })
+}
+
+/// # Safety
+/// `obj` must point to a live `datetime.datetime` (or subclass) instance.
+unsafe fn read_raw(obj: *mut ffi::PyObject) -> DateFields {
+    let raw = &*(obj as *const RawDateTime);
+    let d = &raw.data;
+    DateFields {
+        year: (i32::from(d[0]) << 8) | i32::from(d[1]),
+        month: u32::from(d[2]),
+        day: u32::from(d[3]),
+        hour: u32::from(d[4]),
+        minute: u32::from(d[5]),
+    }
+}
+
+/// Reads the fields crontab needs from a datetime, or from anything with `timetuple()` as
+/// huey accepts (dates, datetime-like objects).
+fn date_fields(value: &Bound<'_, PyAny>) -> PyResult<DateFields> {
+    let py = value.py();
+    let dt = datetime_type(py)?;
+    if dt.layout_ok {
+        let ty = value.get_type();
+        // SAFETY: both are valid type objects; a subclass keeps the base layout as its prefix.
+        let is_datetime = ty.is(dt.class.bind(py))
+            || unsafe { ffi::PyType_IsSubtype(ty.as_type_ptr(), dt.class.as_ptr().cast()) != 0 };
+        if is_datetime {
+            // SAFETY: checked just above that `value` is a datetime.datetime instance.
+            return Ok(unsafe { read_raw(value.as_ptr()) });
+        }
+    }
+    let tt = value.call_method0("timetuple").map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "crontab expects a datetime, got {}",
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    Ok(DateFields {
+        year: tt.get_item(0)?.extract()?,
+        month: tt.get_item(1)?.extract()?,
+        day: tt.get_item(2)?.extract()?,
+        hour: tt.get_item(3)?.extract()?,
+        minute: tt.get_item(4)?.extract()?,
+    })
+}
+
+/// A parsed crontab; calling it with a datetime says whether that minute matches.
+#[pyclass(frozen, module = "huey._native", name = "Crontab")]
+pub struct PyCrontab {
+    schedule: Schedule,
+    spec: [String; 5],
+}
+
+#[pymethods]
+impl PyCrontab {
+    #[new]
+    #[pyo3(signature = (minute="*", hour="*", day="*", month="*", day_of_week="*", strict=false))]
+    fn new(
+        minute: &str,
+        hour: &str,
+        day: &str,
+        month: &str,
+        day_of_week: &str,
+        strict: bool,
+    ) -> PyResult<Self> {
+        let schedule = Schedule::parse(minute, hour, day, month, day_of_week, strict)?;
+        let spec = [minute, hour, day, month, day_of_week].map(str::to_owned);
+        Ok(PyCrontab { schedule, spec })
+    }
+
+    /// True when the datetime's minute matches (its own fields; no time-zone conversion).
+    fn matches(&self, timestamp: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.schedule.matches_date(&date_fields(timestamp)?))
+    }
+
+    fn __call__(&self, timestamp: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.matches(timestamp)
+    }
+
+    /// Matches explicit field values (`day_of_week` 0 = Sunday).
+    fn matches_fields(
+        &self,
+        month: u32,
+        day: u32,
+        day_of_week: u32,
+        hour: u32,
+        minute: u32,
+    ) -> bool {
+        self.schedule.matches(month, day, day_of_week, hour, minute)
+    }
+
+    fn __repr__(&self) -> String {
+        let [minute, hour, day, month, dow] = &self.spec;
+        format!(
+            "crontab(minute='{minute}', hour='{hour}', day='{day}', month='{month}', \
+             day_of_week='{dow}')"
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCrontab>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(values: &[u32]) -> u64 {
+        values.iter().fold(0, |acc, v| acc | 1 << v)
+    }
+
+    #[test]
+    fn star_and_every() {
+        assert_eq!(parse_field("*", Field::Hour, false).unwrap(), (1 << 24) - 1);
+        assert_eq!(
+            parse_field("*/15", Field::Minute, false).unwrap(),
+            bits(&[0, 15, 30, 45])
+        );
+        assert_eq!(
+            parse_field("*/5", Field::Month, false).unwrap(),
+            bits(&[1, 6, 11])
+        );
+    }
+
+    #[test]
+    fn ranges_wrap_and_step() {
+        assert_eq!(
+            parse_field("22-2", Field::Hour, false).unwrap(),
+            bits(&[22, 23, 0, 1, 2])
+        );
+        assert_eq!(
+            parse_field("0-30/10", Field::Minute, false).unwrap(),
+            bits(&[0, 10, 20, 30])
+        );
+        assert_eq!(
+            parse_field("5-1", Field::DayOfWeek, false).unwrap(),
+            bits(&[5, 6, 0, 1])
+        );
+        assert_eq!(
+            parse_field("30-2", Field::Day, false).unwrap(),
+            bits(&[30, 31, 1, 2])
+        );
+    }
+
+    #[test]
+    fn sunday_is_zero_and_seven() {
+        assert_eq!(
+            parse_field("7", Field::DayOfWeek, false).unwrap(),
+            bits(&[0])
+        );
+        assert_eq!(
+            parse_field("5-7", Field::DayOfWeek, false).unwrap(),
+            bits(&[5, 6, 0])
+        );
+    }
+
+    #[test]
+    fn errors_name_the_input() {
+        let err = parse_field("61", Field::Minute, false).unwrap_err();
+        assert_eq!(err.0, "61 is not a valid minute (0-59)");
+        assert!(parse_field("0-61", Field::Minute, false)
+            .unwrap_err()
+            .0
+            .contains("0-61"));
+        assert!(parse_field("*/3", Field::DayOfWeek, false).is_err());
+        assert!(parse_field("0-30/0", Field::Minute, false).is_err());
+        assert!(parse_field("*/0", Field::Minute, false).is_err());
+        assert!(parse_field("foo", Field::Minute, false)
+            .unwrap_err()
+            .0
+            .contains("matches no"));
+        assert!(parse_field("1,foo", Field::Minute, true)
+            .unwrap_err()
+            .0
+            .contains("foo"));
+        assert_eq!(
+            parse_field("1,foo", Field::Minute, false).unwrap(),
+            bits(&[1])
+        );
+    }
+
+    #[test]
+    fn weekday() {
+        assert_eq!(day_of_week(2026, 11, 27), 5); // a Friday
+        assert_eq!(day_of_week(2000, 1, 1), 6); // a Saturday
+        assert_eq!(day_of_week(2024, 2, 29), 4); // a Thursday
+    }
+
+    #[test]
+    fn schedule_matches() {
+        let s = Schedule::parse("0", "0", "*", "*", "1-5", false).unwrap();
+        let monday = DateFields {
+            year: 2026,
+            month: 11,
+            day: 23,
+            hour: 0,
+            minute: 0,
+        };
+        let sunday = DateFields { day: 22, ..monday };
+        assert!(s.matches_date(&monday));
+        assert!(!s.matches_date(&sunday));
+        assert!(!s.matches_date(&DateFields {
+            minute: 1,
+            ..monday
+        }));
+    }
+}

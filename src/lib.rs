@@ -1,0 +1,20 @@
+//! `huey._native`: the Rust core of huey-rs. This file only registers the module's contents.
+
+use pyo3::prelude::*;
+
+pub mod crontab;
+mod errors;
+pub mod framing;
+pub mod schedule;
+pub mod storage;
+mod zlib;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    crontab::register(m)?;
+    framing::register(m)?;
+    schedule::register(m)?;
+    storage::memory::register(m)?;
+    storage::file::register(m)?;
+    Ok(())
+}

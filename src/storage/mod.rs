@@ -1,0 +1,4 @@
+//! Storages implemented in Rust, one module per Python module in `huey/storage/`.
+
+pub mod file;
+pub mod memory;

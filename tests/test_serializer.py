@@ -1,0 +1,163 @@
+"""Serializer framing: round trips, interop with Python's gzip/zlib/hmac, tamper detection."""
+
+import gzip
+import hashlib
+import hmac
+import logging
+import pickle
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from huey.exceptions import ConfigurationError
+from huey.serializer import Serializer, SignedSerializer
+
+VALUES = [None, 0, 1, b'a' * 1024, ['k1', 'k2'], {'k': 'v'}, ('tuple', 1.5, {'nested': [1]})]
+
+pickleable = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+    | st.binary(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20)
+
+
+def python_signature(payload, secret=b'secret', salt=b'huey'):
+    key = hashlib.sha1(salt + secret).digest()
+    return hmac.new(key, payload, hashlib.sha1).hexdigest().encode()
+
+
+@pytest.mark.parametrize('kwargs', [
+    {}, {'compression': True}, {'compression': True, 'use_zlib': True},
+    {'compression': True, 'compression_level': 1}, {'compression': True, 'compression_level': 9},
+])
+def test_round_trips(kwargs):
+    s = Serializer(**kwargs)
+    for value in VALUES:
+        assert s.deserialize(s.serialize(value)) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=pickleable, compression=st.booleans(), use_zlib=st.booleans(),
+       signed=st.booleans())
+def test_property_round_trip(value, compression, use_zlib, signed):
+    kwargs = {'compression': compression, 'use_zlib': use_zlib}
+    s = SignedSerializer(secret='k', **kwargs) if signed else Serializer(**kwargs)
+    assert s.deserialize(s.serialize(value)) == value
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=pickleable, level=st.integers(0, 9))
+def test_gzip_and_zlib_interop_with_python(value, level):
+    payload = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    gz = Serializer(compression=True, compression_level=level)
+    zl = Serializer(compression=True, compression_level=level, use_zlib=True)
+    assert gzip.decompress(gz.serialize(value)) == payload
+    assert zlib.decompress(zl.serialize(value)) == payload
+    assert gz.deserialize(gzip.compress(payload, level)) == value
+    assert zl.deserialize(zlib.compress(payload, level)) == value
+
+
+def test_zlib_output_starts_like_pythons():
+    # huey tells compressed messages apart by the first byte: 0x1f (gzip) or 0x78 (zlib).
+    assert Serializer(compression=True, use_zlib=True).serialize('x')[:1] == b'\x78'
+    assert Serializer(compression=True).serialize('x')[:2] == b'\x1f\x8b'
+
+
+def test_signed_bytes_match_python_hmac():
+    s = SignedSerializer(secret='secret', salt='huey')
+    framed = s.serialize({'a': 1})
+    payload = pickle.dumps({'a': 1}, pickle.HIGHEST_PROTOCOL)
+    assert framed == payload + b':' + python_signature(payload)
+    # ...and a message signed by Python's hmac (as huey 3.5.4 does) is accepted.
+    other = pickle.dumps([1, 2, 3], pickle.HIGHEST_PROTOCOL)
+    assert s.deserialize(other + b':' + python_signature(other)) == [1, 2, 3]
+
+
+def test_signed_and_compressed_matches_python():
+    s = SignedSerializer(secret='secret', compression=True, use_zlib=True)
+    payload = pickle.dumps('hello', pickle.HIGHEST_PROTOCOL)
+    signed = payload + b':' + python_signature(payload)
+    assert zlib.decompress(s.serialize('hello')) == signed
+    assert s.deserialize(zlib.compress(signed)) == 'hello'
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=pickleable, data=st.data())
+def test_any_flipped_byte_is_rejected(value, data):
+    s = SignedSerializer(secret='secret')
+    framed = bytearray(s.serialize(value))
+    index = data.draw(st.integers(0, len(framed) - 1))
+    bit = data.draw(st.integers(0, 7))
+    framed[index] ^= 1 << bit
+    with pytest.raises(ValueError):
+        s.deserialize(bytes(framed))
+
+
+def test_tampered_payload_is_not_unpickled():
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ('unpickled a message whose signature did not verify',))
+
+    s = SignedSerializer(secret='secret')
+    evil = pickle.dumps(Boom())
+    with pytest.raises(ValueError, match='signature'):
+        s.deserialize(evil + b':' + b'0' * 40)
+    with pytest.raises(ValueError, match='separator'):
+        s.deserialize(b'no separator here')
+
+
+def test_wrong_secret_is_rejected():
+    framed = SignedSerializer(secret='one').serialize('x')
+    with pytest.raises(ValueError):
+        SignedSerializer(secret='two').deserialize(framed)
+    with pytest.raises(ValueError):
+        SignedSerializer(secret='one', salt='other').deserialize(framed)
+
+
+def test_missing_secret_or_salt():
+    with pytest.raises(ConfigurationError):
+        SignedSerializer()
+    with pytest.raises(ConfigurationError):
+        SignedSerializer(secret='x', salt='')
+
+
+def test_uncompressed_data_with_compression_enabled_warns(caplog):
+    plain = Serializer().serialize({'k': 'v'})
+    with caplog.at_level(logging.WARNING, logger='huey.serializer'):
+        assert Serializer(compression=True).deserialize(plain) == {'k': 'v'}
+    assert 'does not appear to be compressed' in caplog.text
+
+
+def test_truncated_compression_is_a_value_error():
+    s = Serializer(compression=True)
+    framed = s.serialize(list(range(100)))
+    with pytest.raises(ValueError, match='decompress'):
+        s.deserialize(framed[:-6])
+
+
+def test_subclass_overrides_encoding():
+    import json
+
+    class JSONSerializer(Serializer):
+        def _serialize(self, data):
+            return json.dumps(data).encode()
+
+        def _deserialize(self, data):
+            return json.loads(data)
+
+    s = JSONSerializer(compression=True)
+    assert zlib.decompress(s.serialize({'a': [1]}), 31) == b'{"a": [1]}'
+    assert s.deserialize(s.serialize({'a': [1]})) == {'a': [1]}
+
+
+def test_signed_helpers():
+    s = SignedSerializer(secret='secret')
+    assert s._signature(b'msg') == python_signature(b'msg')
+    assert s._unsign(s._sign(b'msg')) == b'msg'
+
+
+def test_bad_compression_level():
+    with pytest.raises(ValueError, match='compression_level'):
+        Serializer(compression=True, compression_level=12)
