@@ -8,12 +8,14 @@ from huey.constants import EmptyData
 class BaseStorage:
     """Queue, schedule, key/value result store and counters, all holding opaque bytes.
 
-    ``blocking`` says whether ``dequeue`` waits for work itself; ``priority`` whether the
-    queue honours priorities.
+    ``blocking`` says whether ``dequeue`` waits for work itself; ``wakeup`` whether
+    ``dequeue_wait`` can be woken by an enqueue; ``priority`` whether the queue honours
+    priorities.
     """
 
     blocking = False
     priority = True
+    wakeup = False  # True when dequeue_wait() really waits to be woken by an enqueue
 
     def __init__(self, name='huey', **storage_kwargs):
         self.name = name

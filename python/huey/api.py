@@ -1,0 +1,790 @@
+"""The ``Huey`` object: task registration, enqueueing, execution and the storage-backed
+helpers (results, revocation, locks, rate limits).
+
+Tasks, results, workflows and locks live in their own modules; their names are re-exported
+here because users import them from ``huey.api``.
+"""
+
+import copy
+import datetime
+import inspect
+import itertools
+import logging
+import time
+import traceback
+import uuid
+import warnings
+from functools import wraps
+
+from huey import signals as S
+from huey.constants import EmptyData
+from huey.crontab import crontab
+from huey.exceptions import (
+    RETRYING_EXCEPTIONS,
+    CancelExecution,
+    ConfigurationError,
+    HueyException,
+    RateLimitExceeded,
+    ResultTimeout,
+    RetryTask,
+    TaskException,
+    TaskLockedException,
+    TaskTimeout,
+)
+from huey.locks import RateLimit, TaskLock
+from huey.registry import Registry
+from huey.result import ChordResult, Result, ResultGroup
+from huey.serializer import Serializer
+from huey.storage import BlackHoleStorage, MemoryStorage
+from huey.task import PeriodicTask, Task, TaskWrapper, _signature, signature
+from huey.utils import (
+    SKIPPED,
+    ChordConfig,
+    Error,
+    noop_context,
+    normalize_expire_time,
+    normalize_time,
+    utcnow,
+)
+from huey.workflow import chord, group
+
+logger = logging.getLogger('huey')
+
+__all__ = [
+    'BlackHoleHuey', 'CancelExecution', 'ChordResult', 'ConfigurationError', 'Error',
+    'Huey', 'HueyException', 'MemoryHuey', 'PeriodicTask', 'RateLimit',
+    'RateLimitExceeded', 'Result', 'ResultGroup', 'ResultTimeout', 'RetryTask', 'SKIPPED',
+    'Task', 'TaskException', 'TaskLock', 'TaskLockedException', 'TaskTimeout', 'TaskWrapper',
+    'chord', 'crontab', 'group', 'normalize_expire_time', 'normalize_time', 'signature',
+    '_signature', 'utcnow', 'EmptyData',
+]
+
+
+class SerializationError(HueyException, TypeError):
+    """A task's arguments (or a result) could not be serialized."""
+
+
+def _hook_name(name):
+    return name if isinstance(name, str) else name.__name__
+
+
+def _require_callable(kind, fn):
+    if not callable(fn):
+        raise TypeError(f'{kind} must be callable, got {fn!r}')
+
+
+class Huey:
+    """A task queue: decorate functions with ``task()``/``periodic_task()``, call them to
+    enqueue, and run a consumer to execute them.
+
+    ``results`` stores return values, ``store_none`` stores ``None`` too, ``utc`` keeps
+    times in UTC, ``immediate`` runs tasks in-process at call time (on memory storage unless
+    ``immediate_use_memory=False``); remaining keyword arguments configure the storage.
+    """
+
+    storage_class = None
+
+    def __init__(self, name='huey', results=True, store_none=False, utc=True,
+                 immediate=False, serializer=None, compression=False, use_zlib=False,
+                 immediate_use_memory=True, storage_class=None,
+                 store_intermediate_errors=True, **storage_kwargs):
+        self.name = name
+        self.results = results
+        self.store_none = store_none
+        self.store_intermediate_errors = store_intermediate_errors
+        self.utc = utc
+        self._immediate = immediate
+        self.immediate_use_memory = immediate_use_memory
+        self.serializer = serializer or Serializer(compression, use_zlib=use_zlib)
+        self.storage_kwargs = storage_kwargs
+        if storage_class is not None:
+            self.storage_class = storage_class
+        self.storage = self.create_storage()
+        self.task_wrapper_class = self.get_task_wrapper_class()
+        self._locks = set()
+        self._pre_execute = {}
+        self._post_execute = {}
+        self._startup = {}
+        self._shutdown = {}
+        self._registry = Registry()
+        self._signal = S.Signal()
+        self._tasks_in_flight = set()
+        self._timeout_handler = None  # set by the consumer for process/greenlet workers
+
+    def __repr__(self):
+        return f'<{type(self).__name__} {self.name!r} storage={type(self.storage).__name__}>'
+
+    # -- storage ---------------------------------------------------------------------------
+
+    def get_task_wrapper_class(self):
+        return TaskWrapper
+
+    def create_storage(self):
+        if self._immediate and self.immediate_use_memory:
+            return self.get_immediate_storage()
+        return self.get_storage(**self.storage_kwargs)
+
+    def get_immediate_storage(self):
+        return MemoryStorage(self.name)
+
+    def get_storage(self, **kwargs):
+        storage_class = self.storage_class
+        if storage_class is None:
+            warnings.warn('storage_class not specified when initializing huey, will default '
+                          'to RedisStorage.', stacklevel=3)
+            from huey.storage import RedisStorage as storage_class
+        return storage_class(self.name, **kwargs)
+
+    @property
+    def immediate(self):
+        return self._immediate
+
+    @immediate.setter
+    def immediate(self, value):
+        if self._immediate != value:
+            self._immediate = value
+            if self.immediate_use_memory:
+                self.storage = self.create_storage()
+
+    def create_consumer(self, **options):
+        from huey.consumer import Consumer
+        return Consumer(self, **options)
+
+    # -- registration ----------------------------------------------------------------------
+
+    def task(self, retries=0, retry_delay=0, retry_backoff=0, priority=None, context=False,
+             name=None, expires=None, timeout=None, **kwargs):
+        """Decorator turning a function into a task (see ``TaskWrapper``)."""
+        def decorator(func):
+            return self.task_wrapper_class(
+                self, func.func if isinstance(func, TaskWrapper) else func,
+                context=context, name=name, default_retries=retries,
+                default_retry_delay=retry_delay, default_retry_backoff=retry_backoff,
+                default_priority=priority, default_expires=expires,
+                default_timeout=timeout, **kwargs)
+        return decorator
+
+    def periodic_task(self, validate_datetime, retries=0, retry_delay=0, retry_backoff=0,
+                      priority=None, context=False, name=None, expires=None, timeout=None,
+                      **kwargs):
+        """Decorator for a task the consumer enqueues whenever ``validate_datetime(now)``
+        is true (typically a ``crontab``), checked once a minute."""
+        _require_callable('periodic_task validate_datetime', validate_datetime)
+
+        def decorator(func):
+            def method_validate(task, timestamp):
+                return validate_datetime(timestamp)
+
+            return self.task_wrapper_class(
+                self, func.func if isinstance(func, TaskWrapper) else func,
+                context=context, name=name, default_retries=retries,
+                default_retry_delay=retry_delay, default_retry_backoff=retry_backoff,
+                default_priority=priority, default_expires=expires,
+                default_timeout=timeout, validate_datetime=method_validate,
+                task_base=PeriodicTask, **kwargs)
+        return decorator
+
+    def context_task(self, obj, as_argument=False, **kwargs):
+        """Decorator for a task that runs inside ``with obj`` (passing the context value as
+        the first argument when ``as_argument``)."""
+        def task_decorator(fn):
+            @wraps(fn)
+            def inner(*args, **kw):
+                with obj as ctx:
+                    if as_argument:
+                        return fn(ctx, *args, **kw)
+                    return fn(*args, **kw)
+            return self.task(**kwargs)(inner)
+        return task_decorator
+
+    def _hook(self, registry, kind, name):
+        def decorator(fn):
+            _require_callable(f'{kind} hook', fn)
+            registry[name or fn.__name__] = fn
+            return fn
+        return decorator
+
+    def pre_execute(self, name=None):
+        return self._hook(self._pre_execute, 'pre_execute', name)
+
+    def unregister_pre_execute(self, name):
+        return self._pre_execute.pop(_hook_name(name), None) is not None
+
+    def post_execute(self, name=None):
+        return self._hook(self._post_execute, 'post_execute', name)
+
+    def unregister_post_execute(self, name):
+        return self._post_execute.pop(_hook_name(name), None) is not None
+
+    def on_startup(self, name=None):
+        return self._hook(self._startup, 'on_startup', name)
+
+    def unregister_on_startup(self, name):
+        return self._startup.pop(_hook_name(name), None) is not None
+
+    def on_shutdown(self, name=None):
+        return self._hook(self._shutdown, 'on_shutdown', name)
+
+    def unregister_on_shutdown(self, name=None):
+        return self._shutdown.pop(_hook_name(name), None) is not None
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def signal(self, *signals):
+        """Decorator connecting a receiver ``fn(signal, task, *args)`` to the given signals
+        (all signals when none are named)."""
+        def decorator(fn):
+            self._signal.connect(fn, *signals)
+            return fn
+        return decorator
+
+    def disconnect_signal(self, receiver, *signals):
+        self._signal.disconnect(receiver, *signals)
+
+    def _emit(self, signal, task, *args, **kwargs):
+        self._signal.send(signal, task, *args, **kwargs)
+
+    def notify_interrupted_tasks(self):
+        """Emit SIGNAL_INTERRUPTED for every task still running (consumer shutdown)."""
+        while self._tasks_in_flight:
+            try:
+                task = self._tasks_in_flight.pop()
+            except KeyError:
+                break  # finished meanwhile
+            self._emit(S.SIGNAL_INTERRUPTED, task)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def serialize_task(self, task):
+        message = self._registry.create_message(task)
+        try:
+            return self.serializer.serialize(message)
+        except Exception as exc:
+            raise SerializationError(
+                f'cannot serialize task {message.name} ({task.id}): {exc}') from exc
+
+    def deserialize_task(self, data):
+        return self._registry.create_task(self.serializer.deserialize(data))
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    def enqueue(self, task):
+        """Enqueue a task, a pipeline, a ``group`` (-> ResultGroup) or a ``chord``
+        (-> ChordResult). Returns the result handle, or None when results are off."""
+        if isinstance(task, group):
+            return ResultGroup([self.enqueue(t) for t in task.tasks])
+        if isinstance(task, chord):
+            return self._enqueue_chord(task)
+        if not isinstance(task, Task):
+            raise TypeError(f'enqueue() takes a task, group or chord, got {task!r}')
+        if task.expires:
+            task.resolve_expires(self.utc)
+        self._emit(S.SIGNAL_ENQUEUED, task)
+        if self._immediate:
+            self.execute(task)
+        else:
+            self.storage.enqueue(self.serialize_task(task), task.priority)
+        return self._result_for(task)
+
+    def enqueue_many(self, tasks):
+        """Enqueue plain tasks in one storage round trip where the storage allows it;
+        returns their result handles (None each when results are off)."""
+        if self._immediate:
+            return [self.enqueue(task) for task in tasks]
+        batch = []
+        for task in tasks:
+            if task.expires:
+                task.resolve_expires(self.utc)
+            self._emit(S.SIGNAL_ENQUEUED, task)
+            batch.append((self.serialize_task(task), task.priority))
+        enqueue_many = getattr(self.storage, 'enqueue_many', None)
+        if enqueue_many is not None:
+            enqueue_many(batch)
+        else:
+            for data, priority in batch:
+                self.storage.enqueue(data, priority)
+        return [self._result_for(task) for task in tasks]
+
+    def _result_for(self, task):
+        if not self.results:
+            return None
+        if task.on_complete is None:
+            return Result(self, task)
+        return ResultGroup(self._pipeline_results(task))
+
+    def _pipeline_results(self, task):
+        results = []
+        while task is not None:
+            results.append(Result(self, task))
+            task = task.on_complete
+        return results
+
+    def _enqueue_chord(self, chord_obj):
+        cid = str(uuid.uuid4())
+        size = len(chord_obj.tasks)
+        results = []
+        for idx, member in enumerate(chord_obj.tasks):
+            if isinstance(member, group):
+                raise ValueError('cannot use `group` as a chord member - use .then() to '
+                                 'convert to a `chord` first.')
+            config = ChordConfig(cid, size, idx, chord_obj.callback)
+            results.append(self._enqueue_chord_member(member, config))
+        if not size:
+            callback = copy.copy(chord_obj.callback)
+            callback.extend_data(([],))
+            self.enqueue(callback)
+        pipeline = self._pipeline_results(chord_obj.callback)
+        return ChordResult(results, pipeline[0],
+                           ResultGroup(pipeline) if len(pipeline) > 1 else None)
+
+    def _enqueue_chord_member(self, member, config):
+        head = member.callback if isinstance(member, chord) else member
+        tail = head
+        while tail.on_complete is not None:
+            tail = tail.on_complete
+        tail.chord_config = config  # the member reports to the chord when its pipeline ends
+        if isinstance(member, chord):
+            self._enqueue_chord(member)
+        else:
+            self.enqueue(head)
+        return Result(self, tail)
+
+    def dequeue(self, timeout=None):
+        """The next task from the queue, or None. With ``timeout``, storages that can be
+        woken wait up to that many seconds for one. Undecodable messages are logged and set
+        aside, and the next message is tried."""
+        storage = self.storage
+        while True:
+            data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
+            if data is None:
+                return None
+            task = self._decode_or_set_aside(data)
+            if task is not None:
+                return task
+
+    def _decode_or_set_aside(self, data):
+        try:
+            return self.deserialize_task(data)
+        except Exception as exc:
+            logger.error('Unable to deserialize a queued message (%s: %s); setting it aside. '
+                         'First bytes: %r', type(exc).__name__, exc, bytes(data[:32]))
+            set_aside = getattr(self.storage, 'put_dead_letter', None)
+            if set_aside is not None:
+                set_aside(data, f'{type(exc).__name__}: {exc}')
+            return None
+
+    # -- key/value -------------------------------------------------------------------------
+
+    def put(self, key, data):
+        return self.storage.put_data(key, self.serializer.serialize(data))
+
+    def put_result(self, key, data):
+        return self.storage.put_data(key, self.serializer.serialize(data), is_result=True)
+
+    def put_if_empty(self, key, data, ttl=None):
+        return self.storage.put_if_empty(key, self.serializer.serialize(data), ttl)
+
+    def get_raw(self, key, peek=False):
+        if peek:
+            return self.storage.peek_data(key)
+        return self.storage.pop_data(key)
+
+    def get(self, key, peek=False):
+        data = self.get_raw(key, peek)
+        if data is not EmptyData:
+            return self.serializer.deserialize(data)
+        return None
+
+    def delete(self, key):
+        return self.storage.delete_data(key)
+
+    # -- execution -------------------------------------------------------------------------
+
+    def _timeout_context(self, task):
+        if not task.timeout or self._timeout_handler is None:
+            return noop_context()
+        return self._timeout_handler(task.timeout)
+
+    def _get_timestamp(self):
+        return utcnow() if self.utc else datetime.datetime.now()
+
+    def execute(self, task, timestamp=None):
+        """Run a task now if it is due, not revoked and not expired (a task that is not
+        due yet goes to the schedule). Returns the task's value."""
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        if not self.ready_to_run(task, timestamp):
+            self.add_schedule(task)
+        elif self.is_revoked(task, timestamp, False):
+            logger.warning('Task %s was revoked, not executing', task)
+            self._emit(S.SIGNAL_REVOKED, task)
+            self._abort_chord_member(task, SKIPPED)
+        elif task.expires_resolved and task.expires_resolved < timestamp:
+            logger.info('Task %s expired, not executing.', task)
+            self._emit(S.SIGNAL_EXPIRED, task)
+            self._abort_chord_member(task, SKIPPED)
+        else:
+            logger.info('Executing %s', task)
+            self._emit(S.SIGNAL_EXECUTING, task)
+            return self._execute(task, timestamp)
+        return None
+
+    def _execute(self, task, timestamp):
+        if self._pre_execute:
+            try:
+                self._run_pre_execute(task)
+            except CancelExecution:
+                self._emit(S.SIGNAL_CANCELED, task)
+                self._abort_chord_member(task, SKIPPED)
+                return None
+
+        try:
+            value, exception, retry_eta = self._run_task(task)
+        except _Interrupted:
+            return None
+
+        # A revocation made while this run was in progress applies to this run only.
+        # (Expiring storages implement pop_data as a peek.)
+        periodic = isinstance(task, PeriodicTask)
+        if not periodic:
+            self.delete(task.revoke_id)
+        store = self.results and not periodic
+        if exception is None:
+            self._finish_success(task, value, store)
+        else:
+            self._finish_failure(task, value, exception, retry_eta, store)
+        return value
+
+    def _run_task(self, task):
+        """Call the task; returns (value, exception or None, retry eta or None)."""
+        start = time.monotonic()
+        if task.timeout:
+            task._deadline = start + task.timeout
+        self._tasks_in_flight.add(task)
+        try:
+            with self._timeout_context(task):
+                value = task.execute()
+        except TaskTimeout as exc:
+            logger.warning('Task %s timed out after %ss.', task.id, task.timeout)
+            self._emit(S.SIGNAL_TIMEOUT, task)
+            return None, exc, None
+        except RateLimitExceeded as exc:
+            retry_eta = None
+            delay = task.retry_delay or exc.delay
+            if exc.retry or task.retries:
+                logger.info('Task %s rate-limited on "%s", retrying in %s', task.id, exc.key,
+                            delay)
+                retry_eta = normalize_time(None, delay, self.utc)
+                if exc.retry:
+                    task.retries += 1  # a rate-limit retry does not use up a retry
+            else:
+                logger.info('Task %s rate-limited on "%s"', task.id, exc.key)
+            self._emit(S.SIGNAL_RATE_LIMITED, task)
+            return None, exc, retry_eta
+        except TaskLockedException as exc:
+            logger.warning('Task %s not run, %s.', task.id, exc)
+            self._emit(S.SIGNAL_LOCKED, task)
+            return None, exc, None
+        except RetryTask as exc:
+            logger.info('Task %s raised RetryTask, retrying.', task.id)
+            task.retries += 1
+            retry_eta = None
+            if exc.eta or exc.delay is not None:
+                retry_eta = normalize_time(exc.eta, exc.delay, self.utc)
+            return None, exc, retry_eta
+        except CancelExecution as exc:
+            if exc.retry or (exc.retry is None and task.retries):
+                task.retries = max(task.retries, 1)
+                note = '(task will be retried)'
+            else:
+                task.retries = 0
+                note = '(aborted, will not be retried)'
+            logger.warning('Task %s raised CancelExecution %s.', task.id, note)
+            self._emit(S.SIGNAL_CANCELED, task)
+            return None, exc, None
+        except KeyboardInterrupt:
+            logger.warning('Received exit signal, %s did not finish.', task.id)
+            self._emit(S.SIGNAL_INTERRUPTED, task)
+            raise _Interrupted from None
+        except Exception as exc:
+            logger.exception('Unhandled exception in task %s.', task.id)
+            self._emit(S.SIGNAL_ERROR, task, exc)
+            return None, exc, None
+        finally:
+            self._tasks_in_flight.discard(task)
+        logger.info('%s executed in %0.3fs', task, time.monotonic() - start)
+        return value, None, None
+
+    def _finish_success(self, task, value, store):
+        if store and (value is not None or self.store_none):
+            self.put_result(task.id, value)
+        self._run_post_execute(task, value, None)
+        self._emit(S.SIGNAL_COMPLETE, task)
+        if task.on_complete:
+            task.on_complete.extend_data(value)
+            self.enqueue(task.on_complete)
+        if task.chord_config is not None:
+            self._check_chord(task.chord_config, value)
+
+    def _finish_failure(self, task, value, exception, retry_eta, store):
+        final = not task.retries
+        # Intermediate failures surface only when configured, and never for "retry later"
+        # exceptions (rate limits, locks, RetryTask).
+        surface = final or (self.store_intermediate_errors
+                            and not isinstance(exception, RETRYING_EXCEPTIONS))
+        error = None
+        if surface:
+            error = Error(self.build_error_result(task, exception))
+            if store:
+                # A final failure is also the result of every task left in the pipeline.
+                failed = task
+                while failed is not None:
+                    self.put_result(failed.id, error)
+                    failed = failed.on_complete if final else None
+        self._run_post_execute(task, value, exception)
+        if surface and task.on_error:
+            handler = copy.copy(task.on_error)  # on_error is shared across retries
+            handler.extend_data(exception)
+            self.enqueue(handler)
+        if final:
+            self._abort_chord_member(task, error)
+        else:
+            self._emit(S.SIGNAL_RETRYING, task)
+            self._requeue_task(task, self._get_timestamp(), retry_eta)
+
+    def _abort_chord_member(self, task, value):
+        """The rest of this pipeline won't run: report ``value`` to its chord, if any."""
+        while task is not None:
+            if task.chord_config is not None:
+                return self._check_chord(task.chord_config, value)
+            task = task.on_complete
+        return None
+
+    def _check_chord(self, config, value):
+        counter_key = f'chord:{config.cid}'
+        self.put_result(f'chord:{config.cid}:{config.idx}', value)
+        if self.storage.incr(counter_key) != config.size:
+            return
+        self.storage.delete_counter(counter_key)
+        results = []
+        for idx in range(config.size):
+            key = f'chord:{config.cid}:{idx}'
+            results.append(self.get(key, peek=True))  # peek + delete: expiring storages
+            self.delete(key)
+        callback = config.callback
+        callback.extend_data((results,))
+        self.enqueue(callback)
+
+    def _requeue_task(self, task, timestamp, retry_eta=None):
+        task.retries -= 1
+        logger.info('Requeueing %s, %s retries', task.id, task.retries)
+        if retry_eta is not None:
+            task.eta = retry_eta
+            self.add_schedule(task)
+        elif task.retry_delay:
+            task.eta = timestamp + datetime.timedelta(seconds=task.retry_delay)
+            if task.retry_backoff:
+                task.retry_delay *= task.retry_backoff
+            self.add_schedule(task)
+        else:
+            self.enqueue(task)
+
+    def _run_pre_execute(self, task):
+        for name, callback in self._pre_execute.items():
+            logger.debug('Pre-execute hook %s for %s.', name, task)
+            try:
+                callback(task)
+            except CancelExecution:
+                logger.warning('Task %s cancelled by %s (pre-execute).', task, name)
+                raise
+            except Exception:
+                logger.exception('Unhandled exception calling pre-execute hook %s for %s.',
+                                  name, task)
+
+    def _run_post_execute(self, task, value, exception):
+        for name, callback in self._post_execute.items():
+            logger.debug('Post-execute hook %s for %s.', name, task)
+            try:
+                callback(task, value, exception)
+            except Exception:
+                logger.exception('Unhandled exception calling post-execute hook %s for %s.',
+                                 name, task)
+
+    def build_error_result(self, task, exception):
+        tb = ''.join(traceback.format_exception(type(exception), exception,
+                                                exception.__traceback__))
+        if isinstance(exception, TaskException):
+            error = exception.metadata.get('error') or repr(exception)
+        else:
+            error = repr(exception)
+        return {'error': error, 'retries': task.retries, 'traceback': tb, 'task_id': task.id}
+
+    # -- revocation ------------------------------------------------------------------------
+
+    def _task_key(self, task_class, key):
+        if isinstance(task_class, TaskWrapper):
+            task_class = task_class.task_class
+        return f'{key}:{self._registry.task_to_string(task_class)}'
+
+    def revoke_all(self, task_class, revoke_until=None, revoke_once=False):
+        if revoke_until is not None:
+            revoke_until = normalize_time(revoke_until, utc=self.utc)
+        self.put(self._task_key(task_class, 'rt'), (revoke_until, revoke_once))
+
+    def restore_all(self, task_class):
+        return self.delete(self._task_key(task_class, 'rt'))
+
+    def revoke(self, task, revoke_until=None, revoke_once=False):
+        if revoke_until is not None:
+            revoke_until = normalize_time(revoke_until, utc=self.utc)
+        self.put(task.revoke_id, (revoke_until, revoke_once))
+
+    def restore(self, task):
+        """Un-revoke; True when the task was revoked."""
+        return self.delete(task.revoke_id)
+
+    def revoke_by_id(self, id, revoke_until=None, revoke_once=False):
+        return self.revoke(Task(id=id), revoke_until, revoke_once)
+
+    def restore_by_id(self, id):
+        return self.restore(Task(id=id))
+
+    def _check_revoked(self, data, timestamp=None, peek=True):
+        """(is revoked, should the revocation be removed) for stored revocation data."""
+        if data is EmptyData:
+            return False, False
+        revoke_until, revoke_once = self.serializer.deserialize(data)
+        if revoke_until is not None and timestamp is None:
+            timestamp = self._get_timestamp()
+        if revoke_once:
+            return True, not peek
+        if revoke_until is not None and revoke_until <= timestamp:
+            return False, not peek
+        return True, False
+
+    def _revoke_keys(self, task):
+        if isinstance(task, TaskWrapper) or inspect.isclass(task):
+            return [self._task_key(task, 'rt')]
+        if isinstance(task, Result):
+            task = task.task
+        if isinstance(task, Task):
+            return [task.revoke_id, self._task_key(type(task), 'rt')]
+        return [Task(id=task).revoke_id]
+
+    def is_revoked(self, task, timestamp=None, peek=True):
+        """Whether a task, task class/wrapper, result or task id is revoked. With
+        ``peek=False`` a one-time or expired revocation is consumed."""
+        keys = self._revoke_keys(task)
+        stored = self.storage.peek_many(keys)
+        for key in keys:
+            revoked, restore = self._check_revoked(stored.get(key, EmptyData), timestamp,
+                                                   peek)
+            if restore:
+                self.delete(key)
+            if revoked:
+                return True
+        return False
+
+    # -- schedule and introspection ---------------------------------------------------------
+
+    def add_schedule(self, task):
+        data = self.serialize_task(task)
+        eta = task.eta or datetime.datetime.fromtimestamp(0)
+        self.storage.add_to_schedule(data, eta)
+        logger.info('Added task %s to schedule, eta %s', task.id, eta)
+        self._emit(S.SIGNAL_SCHEDULED, task)
+
+    def read_schedule(self, timestamp=None):
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        return self._deserialize_all(self.storage.read_schedule(timestamp))
+
+    def _deserialize_all(self, messages):
+        tasks = []
+        for data in messages:
+            task = self._decode_or_set_aside(data)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    def read_periodic(self, timestamp):
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        return [task for task in self._registry.periodic_tasks
+                if task.validate_datetime(timestamp)]
+
+    def ready_to_run(self, task, timestamp=None):
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        return task.eta is None or task.eta <= timestamp
+
+    def pending(self, limit=None):
+        return self._deserialize_all(self.storage.enqueued_items(limit))
+
+    def pending_count(self):
+        return self.storage.queue_size()
+
+    def scheduled(self, limit=None):
+        return self._deserialize_all(self.storage.scheduled_items(limit))
+
+    def scheduled_count(self):
+        return self.storage.schedule_size()
+
+    def all_results(self):
+        return self.storage.result_items()
+
+    def result_count(self):
+        return self.storage.result_store_size()
+
+    def __bool__(self):
+        return True
+
+    def __len__(self):
+        return self.pending_count()
+
+    def flush(self):
+        self.storage.flush_all()
+
+    # -- locks, rate limits, results ---------------------------------------------------------
+
+    def lock_task(self, lock_name, ttl=None):
+        return TaskLock(self, lock_name, ttl)
+
+    def is_locked(self, lock_name):
+        return TaskLock(self, lock_name).is_locked()
+
+    def flush_locks(self, *names):
+        """Delete the locks this instance knows (plus ``names``); returns the names of
+        those that were held."""
+        locks = self._locks
+        if names:
+            locks = itertools.chain(locks, (f'{self.name}.lock.{n.strip()}' for n in names))
+        flushed = set()
+        for lock_key in list(locks):
+            if self.delete(lock_key):
+                flushed.add(lock_key.split('.lock.', 1)[-1])
+        return flushed
+
+    def rate_limit(self, name, limit, per, retry=True):
+        return RateLimit(self, name, limit, per, retry=retry)
+
+    def _result_handle(self, task):
+        return Result(self, task)
+
+    def result(self, id, blocking=False, timeout=None, backoff=1.15, max_delay=1.0,
+               revoke_on_timeout=False, preserve=False):
+        return Result(self, Task(id=id)).get(
+            blocking=blocking, timeout=timeout, backoff=backoff, max_delay=max_delay,
+            revoke_on_timeout=revoke_on_timeout, preserve=preserve)
+
+
+class _Interrupted(BaseException):
+    """A KeyboardInterrupt reached a running task; ``_execute`` returns quietly."""
+
+
+class BlackHoleHuey(Huey):
+    storage_class = BlackHoleStorage
+
+
+class MemoryHuey(Huey):
+    storage_class = MemoryStorage

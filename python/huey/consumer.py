@@ -1,0 +1,597 @@
+"""The consumer: worker threads/processes/greenlets that execute tasks, a scheduler that
+moves due tasks to the queue and enqueues periodic tasks, health checks and signal handling.
+
+Workers wait for work the cheapest way the storage allows: storages that block on their own
+(``storage.blocking``, e.g. Redis BRPOP) or that can be woken when work arrives
+(``storage.wakeup``, e.g. the Rust MemoryStorage's condition variable) are asked to wait;
+others are polled with exponential backoff, as huey does.
+"""
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+try:
+    import gevent
+    from gevent import Greenlet, monkey
+    from gevent.event import Event as GreenEvent
+except ImportError:
+    gevent = Greenlet = GreenEvent = monkey = None
+
+from huey.constants import WORKER_GREENLET, WORKER_PROCESS, WORKER_THREAD, WORKER_TYPES
+from huey.exceptions import ConfigurationError, TaskTimeout
+from huey.utils import noop_context
+
+logger = logging.getLogger('huey.consumer')
+
+# The longest a worker waits inside the storage before looking at the stop flag again.
+MAX_STORAGE_WAIT = 1.0
+
+
+class ConsumerStopped(Exception):
+    pass
+
+
+class WorkerRecycle(Exception):
+    pass
+
+
+class BaseProcess:
+    """Something the consumer runs in a loop until the stop flag is set."""
+
+    process_name = 'BaseProcess'
+
+    def __init__(self, huey, stop_flag):
+        self.huey = huey
+        self.stop_flag = stop_flag
+        self._logger = self.create_logger()
+
+    def create_logger(self):
+        return logging.getLogger(f'huey.consumer.{self.process_name}')
+
+    def initialize(self):
+        pass
+
+    def sleep_for_interval(self, start_ts, nseconds):
+        """Sleep until ``start_ts + nseconds`` (monotonic), waking early on stop."""
+        remaining = nseconds - (time.monotonic() - start_ts)
+        if remaining > 0:
+            self.stop_flag.wait(remaining)
+
+    def loop(self, now=None):
+        raise NotImplementedError
+
+    def shutdown(self):
+        pass
+
+
+class Worker(BaseProcess):
+    """Takes tasks from the queue and executes them (future tasks go to the schedule)."""
+
+    process_name = 'Worker'
+
+    def __init__(self, huey, stop_flag, default_delay, max_delay, backoff, max_tasks=None):
+        self.delay = self.default_delay = default_delay
+        self.max_delay = max_delay
+        self.backoff = backoff
+        self.max_tasks = max_tasks
+        self.task_count = 0
+        super().__init__(huey, stop_flag)
+
+    def _run_hooks(self, hooks, kind):
+        for name, hook in hooks.items():
+            self._logger.debug('calling %s hook "%s"', kind, name)
+            try:
+                hook()
+            except Exception:
+                self._logger.exception('%s hook "%s" failed', kind, name)
+
+    def initialize(self):
+        self._run_hooks(self.huey._startup, 'startup')
+
+    def shutdown(self):
+        self._run_hooks(self.huey._shutdown, 'shutdown')
+
+    def _next_task(self):
+        storage = self.huey.storage
+        if not storage.blocking and getattr(storage, 'wakeup', False):
+            return self.huey.dequeue(timeout=min(self.max_delay, MAX_STORAGE_WAIT))
+        return self.huey.dequeue()
+
+    def loop(self, now=None):
+        try:
+            task = self._next_task()
+        except Exception:
+            self._logger.exception('Error reading from queue')
+            self.sleep()
+            return
+        if task is None:
+            storage = self.huey.storage
+            if not storage.blocking and not getattr(storage, 'wakeup', False):
+                self.sleep()
+            return
+        self.delay = self.default_delay
+        self.task_count += 1
+        try:
+            self.huey.execute(task, now)
+        except Exception:
+            self._logger.exception('Unhandled error during execution of task %s.', task.id)
+        if self.max_tasks and self.task_count >= self.max_tasks:
+            self._logger.info('Worker reached max tasks (%d), exiting.', self.max_tasks)
+            raise WorkerRecycle()
+
+    def sleep(self):
+        self.delay = min(self.delay, self.max_delay)
+        self.stop_flag.wait(self.delay)
+        self.delay *= self.backoff
+
+
+class Scheduler(BaseProcess):
+    """Every ``interval`` seconds moves due tasks to the queue; once a minute, on the
+    minute, enqueues the periodic tasks whose crontab matches."""
+
+    periodic_task_seconds = 60
+    process_name = 'Scheduler'
+
+    def __init__(self, huey, stop_flag, interval, periodic):
+        super().__init__(huey, stop_flag)
+        self.interval = max(min(interval, 60), 1)
+        self.periodic = periodic
+        self._next_loop = time.monotonic()
+        self._next_periodic = time.monotonic()
+
+    def loop(self, now=None):
+        current = self._next_loop
+        self._next_loop += self.interval
+        if self._next_loop < time.monotonic():
+            self._logger.debug('scheduler skipping iteration to avoid race.')
+            self._next_loop = time.monotonic()
+            return
+        try:
+            due = self.huey.read_schedule(now)
+        except Exception:
+            self._logger.exception('Error reading schedule.')
+        else:
+            for task in due:
+                self._enqueue(task, 'Error enqueueing %s.')
+        if self.periodic and self._next_periodic <= time.monotonic():
+            # After a stall, skip the missed minutes rather than firing them all at once.
+            while self._next_periodic <= time.monotonic():
+                self._next_periodic += self.periodic_task_seconds
+            self.enqueue_periodic_tasks(now)
+        self.sleep_for_interval(current, self.interval)
+
+    def _enqueue(self, task, error_message):
+        self._logger.debug('Enqueueing %s', task)
+        try:
+            self.huey.enqueue(task)
+        except Exception:
+            self._logger.exception(error_message, task)
+
+    def enqueue_periodic_tasks(self, now):
+        self._logger.debug('Checking periodic tasks')
+        for task in self.huey.read_periodic(now):
+            self._logger.info('Enqueueing periodic task %s.', task)
+            self._enqueue(task, 'Error enqueueing periodic task %s.')
+
+
+class ForkSafeFlag:
+    """A stop flag forked workers can share: a pipe that becomes readable once set
+    (a multiprocessing.Event can be left locked by a killed process)."""
+
+    def __init__(self):
+        self._r, self._w = os.pipe()
+
+    def set(self):
+        if not self.is_set():
+            os.write(self._w, b'x')
+
+    def is_set(self):
+        return self.wait(0)
+
+    def wait(self, timeout=None):
+        poller = select.poll()
+        poller.register(self._r, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+
+class Environment:
+    """How workers are created, checked, timed out and interrupted for one worker type."""
+
+    forks = False
+
+    def __init__(self, graceful=signal.SIGINT, interrupt=signal.SIGTERM):
+        self.graceful = graceful
+        self.interrupt = interrupt
+
+    def get_stop_flag(self):
+        raise NotImplementedError
+
+    def create_process(self, runnable, name):
+        raise NotImplementedError
+
+    def init_child(self, process):
+        pass
+
+    def is_alive(self, proc):
+        raise NotImplementedError
+
+    def timeout(self, seconds):
+        return noop_context()
+
+    def interrupt_workers(self, procs):
+        pass
+
+
+class ThreadEnvironment(Environment):
+    """Threads: timeouts are cooperative (``task.check_timeout()``)."""
+
+    def get_stop_flag(self):
+        return threading.Event()
+
+    def create_process(self, runnable, name):
+        return threading.Thread(target=runnable, name=name, daemon=True)
+
+    def is_alive(self, proc):
+        return proc.is_alive()
+
+
+class GreenletEnvironment(Environment):
+    """gevent greenlets: timeouts enforced with ``gevent.Timeout``."""
+
+    def __init__(self, *args):
+        if Greenlet is None:
+            raise ConfigurationError('The "greenlet" worker type needs gevent: '
+                                     'pip install gevent')
+        if not monkey.is_module_patched('socket'):
+            logger.warning('Gevent monkey-patch has not been applied, this may result in '
+                           'incorrect or unpredictable behavior.')
+        super().__init__(*args)
+
+    def get_stop_flag(self):
+        return GreenEvent()
+
+    def create_process(self, runnable, name):
+        def run():
+            try:
+                gevent.sleep()
+                runnable()
+            except KeyboardInterrupt:
+                pass
+        return Greenlet(run=run)
+
+    def is_alive(self, proc):
+        return not proc.dead
+
+    @contextlib.contextmanager
+    def timeout(self, seconds):
+        timer = gevent.Timeout(seconds, TaskTimeout(f'timeout ({seconds}s)'))
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def interrupt_workers(self, procs):
+        gevent.killall(procs, KeyboardInterrupt)
+
+
+class ProcessEnvironment(Environment):
+    """Forked processes: timeouts enforced with SIGALRM."""
+
+    forks = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        try:
+            self.mp = multiprocessing.get_context('fork')
+        except ValueError:
+            raise ConfigurationError('The "process" worker type requires the fork() '
+                                     'start-method and cannot be used on this platform.'
+                                     ) from None
+
+    def get_stop_flag(self):
+        return ForkSafeFlag()
+
+    def create_process(self, runnable, name):
+        return self.mp.Process(target=runnable, name=name, daemon=True)
+
+    def init_child(self, process):
+        def interrupt(signum, frame):
+            # Only a running task is interrupted; an idle worker exits via the stop flag.
+            if process.huey._tasks_in_flight:
+                raise KeyboardInterrupt
+
+        signal.signal(self.graceful, signal.SIG_IGN)
+        signal.signal(self.interrupt, interrupt)
+        if hasattr(signal, 'SIGHUP'):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def is_alive(self, proc):
+        return proc.is_alive()
+
+    @contextlib.contextmanager
+    def timeout(self, seconds):
+        def on_alarm(signum, frame):
+            raise TaskTimeout(f'timeout ({seconds}s)')
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def interrupt_workers(self, procs):
+        for proc in procs:
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, self.interrupt)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 1
+        for proc in procs:
+            proc.join(max(deadline - time.monotonic(), 0))
+
+
+WORKER_TO_ENVIRONMENT = {
+    WORKER_THREAD: ThreadEnvironment,
+    WORKER_GREENLET: GreenletEnvironment,
+    'gevent': GreenletEnvironment,
+    WORKER_PROCESS: ProcessEnvironment,
+}
+
+
+class Consumer:
+    """Runs the workers and the scheduler for a Huey instance and handles OS signals:
+    the graceful signal (SIGINT, or SIGTERM with ``graceful_signal='TERM'``) lets running
+    tasks finish, the other interrupts them, SIGHUP restarts the consumer."""
+
+    worker_class = Worker
+    scheduler_class = Scheduler
+
+    def __init__(self, huey, workers=1, periodic=True, initial_delay=0.1, backoff=1.15,
+                 max_delay=10.0, scheduler_interval=1, worker_type=WORKER_THREAD,
+                 check_worker_health=True, health_check_interval=10, flush_locks=False,
+                 extra_locks=None, max_tasks=None, shutdown_timeout=None,
+                 graceful_signal='INT'):
+        self._logger = logging.getLogger('huey.consumer')
+        if huey.immediate:
+            self._logger.warning('Consumer initialized with Huey instance that has '
+                                 '"immediate" mode enabled. This must be disabled before '
+                                 'the consumer can be run.')
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigurationError(f'workers must be a positive integer, got {workers!r}')
+        if graceful_signal not in ('INT', 'TERM'):
+            raise ConfigurationError(f"graceful_signal must be 'INT' or 'TERM', got "
+                                     f'{graceful_signal!r}')
+        if max_tasks and not check_worker_health:
+            raise ConfigurationError('max_tasks requires check_worker_health be enabled.')
+        self.huey = huey
+        self.workers = workers
+        self.periodic = periodic
+        self.default_delay = initial_delay
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self.max_tasks = max_tasks
+        self.shutdown_timeout = shutdown_timeout
+        self.graceful_signal = graceful_signal
+
+        self.scheduler_interval = max(min(scheduler_interval, 60), 1)
+        if 60 % self.scheduler_interval != 0:
+            raise ConfigurationError('Scheduler interval must be a factor of 60, e.g. 1, 2, '
+                                     '3, 4, 5, 6, 10, 12...')
+        self.worker_type = worker_type
+        self._stop_flag_timeout = 0.1
+        self._health_check = check_worker_health
+        self._health_check_interval = float(health_check_interval)
+
+        # signal -> (restart, graceful)
+        if graceful_signal == 'TERM':
+            self._graceful_sig, self._interrupt_sig = signal.SIGTERM, signal.SIGINT
+        else:
+            self._graceful_sig, self._interrupt_sig = signal.SIGINT, signal.SIGTERM
+        self._signal_actions = {
+            self._interrupt_sig: (False, False),
+            self._graceful_sig: (False, True),
+        }
+        if hasattr(signal, 'SIGHUP'):
+            self._signal_actions[signal.SIGHUP] = (True, True)
+        self._signum = None
+        self._restart = False
+        self._graceful = True
+
+        self.environment = self.get_environment(worker_type)
+        self.huey._timeout_handler = self.environment.timeout
+        self.stop_flag = self.environment.get_stop_flag()
+
+        # A consumer killed while a task held a lock would leave it held forever.
+        if flush_locks or extra_locks:
+            self.flush_locks(*(extra_locks.split(',') if extra_locks else ()))
+
+        self.scheduler = self._create_process(self._create_scheduler(), 'Scheduler')
+        # [(worker object, thread/process/greenlet), ...]
+        self.worker_threads = []
+        for i in range(workers):
+            worker = self._create_worker()
+            self.worker_threads.append((worker, self._create_process(worker, f'Worker-{i + 1}')))
+
+    def flush_locks(self, *names):
+        self._logger.debug('Flushing locks before starting up.')
+        flushed = self.huey.flush_locks(*names)
+        if flushed:
+            self._logger.warning('Found stale locks: %s', ', '.join(flushed))
+
+    def get_environment(self, worker_type):
+        if worker_type not in WORKER_TO_ENVIRONMENT:
+            raise ValueError(f'worker_type must be one of {", ".join(WORKER_TYPES)}, got '
+                             f'{worker_type!r}.')
+        return WORKER_TO_ENVIRONMENT[worker_type](self._graceful_sig, self._interrupt_sig)
+
+    def _create_worker(self):
+        return self.worker_class(
+            huey=self.huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
+            max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks)
+
+    def _create_scheduler(self):
+        return self.scheduler_class(
+            huey=self.huey, stop_flag=self.stop_flag, interval=self.scheduler_interval,
+            periodic=self.periodic)
+
+    def _create_process(self, process, name):
+        """Wrap ``process`` so that its loop runs until stop; an exception ends it (and
+        the health check replaces it)."""
+        def run():
+            self.environment.init_child(process)
+            try:
+                process.initialize()
+                while not self.stop_flag.is_set():
+                    process.loop()
+            except KeyboardInterrupt:
+                pass
+            except WorkerRecycle:
+                self._logger.info('Process %s restarting (max tasks).', name)
+            except BaseException:
+                self._logger.exception('Process %s died!', name)
+            finally:
+                try:
+                    process.shutdown()
+                except KeyboardInterrupt:
+                    pass
+        return self.environment.create_process(run, name)
+
+    def start(self):
+        """Start the scheduler and workers and install the signal handlers."""
+        if self.huey.immediate:
+            raise ConfigurationError('Consumer cannot be run with Huey instances where '
+                                     'immediate is enabled. Please check your configuration '
+                                     'and ensure that "huey.immediate = False".')
+        self._logger.info('Huey consumer started with %s %s, PID %s at %s', self.workers,
+                          self.worker_type, os.getpid(), self.huey._get_timestamp())
+        self._logger.info('Scheduler runs every %s second(s).', self.scheduler_interval)
+        self._logger.info('Periodic tasks are %s.',
+                          'enabled' if self.periodic else 'disabled')
+        commands = ['The following commands are available:']
+        commands.extend(f'+ {name}' for name in self.huey._registry._registry)
+        self._logger.info('\n'.join(commands))
+
+        if self.environment.forks:
+            self.huey.storage.close()  # children must not share the parent's connection
+        self.scheduler.start()
+        for _, process in self.worker_threads:
+            process.start()
+        self._set_signal_handlers()
+
+    def stop(self, graceful=False):
+        """Set the stop flag; with ``graceful`` wait for running tasks to finish (at most
+        ``shutdown_timeout`` seconds), then interrupt whatever still runs."""
+        self.stop_flag.set()
+        if graceful:
+            self._logger.info('Shutting down gracefully...')
+            try:
+                finished = self._join_workers()
+            except KeyboardInterrupt:
+                self._logger.info('Received request to shut down now.')
+                self._restart = False
+                self._interrupt_workers()
+                return
+            if finished:
+                self._logger.info('All workers have stopped.')
+                return
+            self._logger.warning('Shutdown timeout of %ss elapsed, interrupting workers.',
+                                 self.shutdown_timeout)
+        self._interrupt_workers()
+        self._logger.info('Shutting down')
+
+    def _interrupt_workers(self):
+        self.environment.interrupt_workers([p for _, p in self.worker_threads])
+
+    def _join_workers(self):
+        deadline = None
+        if self.shutdown_timeout is not None:
+            deadline = time.monotonic() + self.shutdown_timeout
+        procs = [p for _, p in self.worker_threads] + [self.scheduler]
+        for proc in procs:
+            proc.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        return not any(self.environment.is_alive(p) for p in procs)
+
+    def run(self):
+        """Start, then supervise until a signal stops (or restarts) the consumer."""
+        self.start()
+        health_check_ts = time.monotonic()
+        while True:
+            try:
+                health_check_ts = self.loop(health_check_ts)
+            except ConsumerStopped:
+                break
+        self.huey.notify_interrupted_tasks()
+        if self._restart:
+            self._logger.info('Consumer will restart.')
+            os.execl(sys.executable, sys.executable, *sys.argv)
+        else:
+            self._logger.info('Consumer exiting.')
+
+    def loop(self, health_check_ts=None):
+        try:
+            stopped = self.stop_flag.wait(timeout=self._stop_flag_timeout)
+        except KeyboardInterrupt:
+            self._logger.info('Received SIGINT')
+            self.stop(graceful=True)
+            stopped = True
+        except Exception:
+            self._logger.exception('Error in consumer.')
+            self.stop()
+            stopped = True
+        else:
+            if self._signum is not None:
+                self._logger.info('Received %s', signal.Signals(self._signum).name)
+                self.stop(graceful=self._graceful)
+                stopped = True
+        if stopped:
+            raise ConsumerStopped
+        if self._health_check and health_check_ts:
+            now = time.monotonic()
+            if now >= health_check_ts + self._health_check_interval:
+                health_check_ts = now
+                self.check_worker_health()
+        return health_check_ts
+
+    def check_worker_health(self):
+        """Replace dead workers (and a dead scheduler); True when all were alive."""
+        self._logger.debug('Checking worker health.')
+        restarted = False
+        for i, (worker, process) in enumerate(self.worker_threads):
+            if not self.environment.is_alive(process):
+                self._logger.warning('Worker %d died, restarting.', i + 1)
+                worker = self._create_worker()
+                process = self._create_process(worker, f'Worker-{i + 1}')
+                process.start()
+                self.worker_threads[i] = (worker, process)
+                restarted = True
+        if not restarted:
+            self._logger.debug('Workers are up and running.')
+        if not self.environment.is_alive(self.scheduler):
+            self._logger.warning('Scheduler died, restarting.')
+            self.scheduler = self._create_process(self._create_scheduler(), 'Scheduler')
+            self.scheduler.start()
+        else:
+            self._logger.debug('Scheduler is up and running.')
+        return not restarted
+
+    def _set_signal_handlers(self):
+        for signum in self._signal_actions:
+            signal.signal(signum, self._handle_signal)
+
+    def _handle_signal(self, signum, frame):
+        self._signum = signum
+        self._restart, self._graceful = self._signal_actions[signum]
+        if self._graceful and not self._restart:
+            # A second graceful signal interrupts the graceful shutdown.
+            signal.signal(signum, signal.default_int_handler)
