@@ -202,6 +202,20 @@ class TestResults:
         with pytest.raises(TypeError, match='str or bytes, got int'):
             storage.put_data(1, b'x')
 
+    def test_key_subclasses_and_unicode(self, storage):
+        class OddHash(str):
+            def __hash__(self):
+                return 42
+
+        storage.put_data(OddHash('task'), b'1')
+        assert storage.peek_data('task') == b'1'  # keyed on the value, as a dict would be
+        assert type(next(iter(storage.result_items()))) is str
+        storage.put_data('naïve ✓ 🙂', b'2')
+        assert storage.pop_data('naïve ✓ 🙂'.encode().decode()) == b'2'
+        with pytest.raises(UnicodeEncodeError):
+            storage.put_data('\ud800', b'x')  # a lone surrogate has no UTF-8 form
+        assert storage.result_store_size() == 1
+
     def test_peek_many(self, storage):
         storage.put_data('a', b'1')
         storage.put_data(b'b', b'2')

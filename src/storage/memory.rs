@@ -16,8 +16,10 @@
 //! Threads waiting on a condition variable release the GIL first and never need it while they
 //! hold the mutex.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -33,36 +35,208 @@ use crate::schedule::ScheduleHeap;
 /// (Ctrl-C). Wake-ups for data are immediate; this bounds only signal latency.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A result or counter key: `str` and `bytes` keys are distinct, as in a Python dict.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Str(Box<str>),
-    Bytes(Box<[u8]>),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Str,
+    Bytes,
+}
+
+/// A result or counter key as stored: `str` and `bytes` keys are distinct, as in a Python
+/// dict. The hash is Python's own (cached on `str` and `bytes` objects, and randomised per
+/// process), so a lookup hashes nothing and, through `KeyRef`, allocates nothing.
+#[derive(Debug, Clone)]
+struct Key {
+    hash: isize,
+    kind: KeyKind,
+    data: Box<[u8]>,
+}
+
+/// A borrowed key: what lookups hash and compare.
+#[derive(Clone, Copy)]
+struct KeyRef<'a> {
+    hash: isize,
+    kind: KeyKind,
+    data: &'a [u8],
+}
+
+/// Lets `HashMap<Key, _>` be searched with a `KeyRef` (std has no raw-entry API yet).
+trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for Key {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            hash: self.hash,
+            kind: self.kind,
+            data: &self.data,
+        }
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn AsKeyRef + 'a> for Key {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn AsKeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_isize(self.key_ref().hash);
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.key_ref(), other.key_ref());
+        a.kind == b.kind && a.data == b.data
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn AsKeyRef).hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn AsKeyRef) == (other as &dyn AsKeyRef)
+    }
+}
+
+impl Eq for Key {}
+
+impl KeyRef<'_> {
+    fn to_owned(self) -> Key {
+        Key {
+            hash: self.hash,
+            kind: self.kind,
+            data: self.data.into(),
+        }
+    }
 }
 
 impl Key {
-    fn from_py(key: &Bound<'_, PyAny>) -> PyResult<Key> {
-        if let Ok(s) = key.cast::<PyString>() {
-            Ok(Key::Str(s.to_cow()?.into()))
+    fn to_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self.kind {
+            // Only ever built from a Python str's UTF-8, so this cannot fail.
+            KeyKind::Str => PyString::new(py, &String::from_utf8_lossy(&self.data)).into_any(),
+            KeyKind::Bytes => PyBytes::new(py, &self.data).into_any(),
+        }
+    }
+}
+
+/// Python's hash is already well mixed; spreading it once more keeps the top bits (which the
+/// table uses as tags) varied even for small integer-like hashes.
+#[derive(Default)]
+struct PythonHash(u64);
+
+impl Hasher for PythonHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.0 = (value as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<PythonHash>>;
+
+extern "C" {
+    // Part of the stable ABI since 3.10 and exported by every CPython 3 (pyo3-ffi hides it
+    // for abi3-py39). Unlike `PyUnicode_AsUTF8String` it returns the UTF-8 cached on the str
+    // (for ASCII, the string's own buffer), so reading a key copies nothing.
+    fn PyUnicode_AsUTF8AndSize(
+        unicode: *mut pyo3::ffi::PyObject,
+        size: *mut pyo3::ffi::Py_ssize_t,
+    ) -> *const std::os::raw::c_char;
+}
+
+/// A key argument: an exact `str` or `bytes` object with its hash and its bytes.
+struct PyKey<'py> {
+    /// Keeps the object that `ptr` points into alive.
+    _obj: Bound<'py, PyAny>,
+    hash: isize,
+    kind: KeyKind,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl<'py> PyKey<'py> {
+    fn new(key: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let py = key.py();
+        let (obj, kind) = if key.is_exact_instance_of::<PyString>() {
+            (key.clone(), KeyKind::Str)
+        } else if key.is_exact_instance_of::<PyBytes>() {
+            (key.clone(), KeyKind::Bytes)
+        } else if let Ok(s) = key.cast::<PyString>() {
+            // Subclasses may override __hash__; key on the plain value instead.
+            (PyString::new(py, &s.to_cow()?).into_any(), KeyKind::Str)
         } else if let Ok(b) = key.cast::<PyBytes>() {
-            Ok(Key::Bytes(b.as_bytes().into()))
+            (PyBytes::new(py, b.as_bytes()).into_any(), KeyKind::Bytes)
         } else {
             let type_name = key
                 .get_type()
                 .name()
                 .map(|n| n.to_string())
                 .unwrap_or_default();
-            Err(PyTypeError::new_err(format!(
+            return Err(PyTypeError::new_err(format!(
                 "storage keys must be str or bytes, got {type_name}"
-            )))
+            )));
+        };
+        let (ptr, len) = match kind {
+            KeyKind::Str => {
+                let mut size: pyo3::ffi::Py_ssize_t = 0;
+                // SAFETY: `obj` is an exact str; the returned buffer lives as long as it does.
+                let ptr = unsafe { PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
+                if ptr.is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                (ptr.cast::<u8>(), size as usize)
+            }
+            KeyKind::Bytes => {
+                let bytes = obj.cast::<PyBytes>()?.as_bytes();
+                (bytes.as_ptr(), bytes.len())
+            }
+        };
+        let hash = obj.hash()?;
+        Ok(PyKey {
+            _obj: obj,
+            hash,
+            kind,
+            ptr,
+            len,
+        })
+    }
+
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            hash: self.hash,
+            kind: self.kind,
+            // SAFETY: `ptr`/`len` point into `self.obj`, an immutable str or bytes kept alive
+            // by `self._obj`.
+            data: unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
         }
     }
 
-    fn to_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        match self {
-            Key::Str(s) => PyString::new(py, s).into_any(),
-            Key::Bytes(b) => PyBytes::new(py, b).into_any(),
-        }
+    fn to_key(&self) -> Key {
+        self.key_ref().to_owned()
     }
 }
 
@@ -100,8 +274,8 @@ struct State {
     queue: BinaryHeap<QueueEntry>,
     next_seq: u64,
     schedule: ScheduleHeap<Py<PyAny>>,
-    results: HashMap<Key, Py<PyAny>>,
-    counters: HashMap<Key, i64>,
+    results: KeyMap<Py<PyAny>>,
+    counters: KeyMap<i64>,
 }
 
 /// Values taken out of the state, dropped by the caller after the lock is released.
@@ -335,7 +509,7 @@ impl MemoryStorage {
     #[pyo3(signature = (key, value, is_result=false))]
     fn put_data(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>, is_result: bool) -> PyResult<()> {
         let _ = is_result;
-        let key = Key::from_py(key)?;
+        let key = PyKey::new(key)?.to_key();
         let replaced = self.lock().results.insert(key, value);
         self.result_ready.notify_all();
         drop(replaced);
@@ -352,7 +526,7 @@ impl MemoryStorage {
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let _ = ttl;
-        let key = Key::from_py(key)?;
+        let key = PyKey::new(key)?.to_key();
         let stored = {
             let mut state = self.lock();
             match state.results.entry(key) {
@@ -370,8 +544,12 @@ impl MemoryStorage {
     }
 
     fn peek_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let key = Key::from_py(key)?;
-        let found = self.lock().results.get(&key).map(|v| v.clone_ref(py));
+        let key = PyKey::new(key)?;
+        let found = self
+            .lock()
+            .results
+            .get(&key.key_ref() as &dyn AsKeyRef)
+            .map(|v| v.clone_ref(py));
         match found {
             Some(value) => Ok(value),
             None => Ok(empty_data(py)?.clone_ref(py)),
@@ -387,14 +565,20 @@ impl MemoryStorage {
         let mut given = Vec::new();
         for key in keys.try_iter()? {
             let key = key?;
-            let parsed = Key::from_py(&key)?;
+            let parsed = PyKey::new(&key)?;
             given.push((key, parsed));
         }
         let found: Vec<Option<Py<PyAny>>> = {
             let state = self.lock();
             given
                 .iter()
-                .map(|(_, k)| state.results.get(k).map(|v| v.clone_ref(py)))
+                .map(|(_, k)| {
+                    let k = k.key_ref();
+                    state
+                        .results
+                        .get(&k as &dyn AsKeyRef)
+                        .map(|v| v.clone_ref(py))
+                })
                 .collect()
         };
         let out = PyDict::new(py);
@@ -407,8 +591,8 @@ impl MemoryStorage {
     }
 
     fn pop_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let key = Key::from_py(key)?;
-        let popped = self.lock().results.remove(&key);
+        let key = PyKey::new(key)?;
+        let popped = self.lock().results.remove(&key.key_ref() as &dyn AsKeyRef);
         match popped {
             Some(value) => Ok(value),
             None => Ok(empty_data(py)?.clone_ref(py)),
@@ -416,14 +600,17 @@ impl MemoryStorage {
     }
 
     fn delete_data(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = Key::from_py(key)?;
-        let removed = self.lock().results.remove(&key);
+        let key = PyKey::new(key)?;
+        let removed = self.lock().results.remove(&key.key_ref() as &dyn AsKeyRef);
         Ok(removed.is_some())
     }
 
     fn has_data_for_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = Key::from_py(key)?;
-        Ok(self.lock().results.contains_key(&key))
+        let key = PyKey::new(key)?;
+        Ok(self
+            .lock()
+            .results
+            .contains_key(&key.key_ref() as &dyn AsKeyRef))
     }
 
     /// Waits until `key` holds a value; False when `timeout` seconds pass first. Woken by the
@@ -438,7 +625,7 @@ impl MemoryStorage {
         max_delay: f64,
     ) -> PyResult<bool> {
         let _ = (backoff, max_delay);
-        let key = Key::from_py(key)?;
+        let key = PyKey::new(key)?.to_key();
         if self.lock().results.contains_key(&key) {
             return Ok(true);
         }
@@ -479,9 +666,12 @@ impl MemoryStorage {
     /// Adds `amount` to the counter at `key` (starting from 0) and returns the new value.
     #[pyo3(signature = (key, amount=1))]
     fn incr(&self, key: &Bound<'_, PyAny>, amount: i64) -> PyResult<i64> {
-        let key = Key::from_py(key)?;
+        let key = PyKey::new(key)?;
         let mut state = self.lock();
-        let counter = state.counters.entry(key).or_insert(0);
+        let counter = match state.counters.get_mut(&key.key_ref() as &dyn AsKeyRef) {
+            Some(counter) => counter,
+            None => state.counters.entry(key.to_key()).or_insert(0),
+        };
         let value = counter.checked_add(amount).ok_or_else(|| {
             PyOverflowError::new_err(format!("counter {counter} + {amount} overflows 64 bits"))
         })?;
@@ -490,8 +680,8 @@ impl MemoryStorage {
     }
 
     fn delete_counter(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        let key = Key::from_py(key)?;
-        self.lock().counters.remove(&key);
+        let key = PyKey::new(key)?;
+        self.lock().counters.remove(&key.key_ref() as &dyn AsKeyRef);
         Ok(())
     }
 
@@ -530,6 +720,25 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_found_by_borrowed_view_and_kind() {
+        let key = |kind, data: &'static [u8]| KeyRef {
+            hash: 7, // equal hashes force the comparison of kind and bytes
+            kind,
+            data,
+        };
+        let mut map: KeyMap<u32> = KeyMap::default();
+        map.insert(key(KeyKind::Str, b"a").to_owned(), 1);
+        map.insert(key(KeyKind::Bytes, b"a").to_owned(), 2);
+        map.insert(key(KeyKind::Str, b"b").to_owned(), 3);
+        assert_eq!(map.len(), 3);
+        let get = |k: KeyRef<'_>| map.get(&k as &dyn AsKeyRef).copied();
+        assert_eq!(get(key(KeyKind::Str, b"a")), Some(1));
+        assert_eq!(get(key(KeyKind::Bytes, b"a")), Some(2));
+        assert_eq!(get(key(KeyKind::Str, b"b")), Some(3));
+        assert_eq!(get(key(KeyKind::Bytes, b"b")), None);
+    }
 
     #[test]
     fn limits_follow_python_slicing() {
