@@ -6,12 +6,10 @@
 //! Sunday; pieces that fit no form are ignored unless `strict`.
 
 use std::fmt;
-use std::os::raw::c_char;
 
-use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+
+use crate::datetime::datetime_fields;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronError(pub String);
@@ -205,76 +203,17 @@ pub fn day_of_week(year: i32, month: u32, day: u32) -> u32 {
     (y + y / 4 - y / 100 + y / 400 + OFFSETS[m] + day as i32).rem_euclid(7) as u32
 }
 
-/// Memory layout of CPython's `PyDateTime_DateTime` up to its packed date fields. The limited
-/// API hides the accessor macros, but this prefix has been the same in every CPython 3.x; it is
-/// verified against a known datetime when the module loads and the fast path is switched off if
-/// it ever differs.
-#[repr(C)]
-struct RawDateTime {
-    ob_base: ffi::PyObject,
-    hashcode: ffi::Py_hash_t,
-    hastzinfo: c_char,
-    data: [u8; 10],
-}
-
-struct DateTimeType {
-    class: Py<PyType>,
-    layout_ok: bool,
-}
-
-static DATETIME: PyOnceLock<DateTimeType> = PyOnceLock::new();
-
-fn datetime_type(py: Python<'_>) -> PyResult<&DateTimeType> {
-    DATETIME.get_or_try_init(py, || {
-        let class = py
-            .import("datetime")?
-            .getattr("datetime")?
-            .cast_into::<PyType>()?;
-        let probe = class.call1((2001, 2, 3, 4, 5))?;
-        // SAFETY: `probe` is an exact `datetime.datetime`, whose layout starts with RawDateTime.
-        let raw = unsafe { read_raw(probe.as_ptr()) };
-        let expected = DateFields {
-            year: 2001,
-            month: 2,
-            day: 3,
-            hour: 4,
-            minute: 5,
-        };
-        Ok(DateTimeType {
-            class: class.unbind(),
-            layout_ok: raw == expected,
-        })
-    })
-}
-
-/// # Safety
-/// `obj` must point to a live `datetime.datetime` (or subclass) instance.
-unsafe fn read_raw(obj: *mut ffi::PyObject) -> DateFields {
-    let raw = &*(obj as *const RawDateTime);
-    let d = &raw.data;
-    DateFields {
-        year: (i32::from(d[0]) << 8) | i32::from(d[1]),
-        month: u32::from(d[2]),
-        day: u32::from(d[3]),
-        hour: u32::from(d[4]),
-        minute: u32::from(d[5]),
-    }
-}
-
 /// Reads the fields crontab needs from a datetime, or from anything with `timetuple()` as
 /// huey accepts (dates, datetime-like objects).
 fn date_fields(value: &Bound<'_, PyAny>) -> PyResult<DateFields> {
-    let py = value.py();
-    let dt = datetime_type(py)?;
-    if dt.layout_ok {
-        let ty = value.get_type();
-        // SAFETY: both are valid type objects; a subclass keeps the base layout as its prefix.
-        let is_datetime = ty.is(dt.class.bind(py))
-            || unsafe { ffi::PyType_IsSubtype(ty.as_type_ptr(), dt.class.as_ptr().cast()) != 0 };
-        if is_datetime {
-            // SAFETY: checked just above that `value` is a datetime.datetime instance.
-            return Ok(unsafe { read_raw(value.as_ptr()) });
-        }
+    if let Some(f) = datetime_fields(value)? {
+        return Ok(DateFields {
+            year: f.year,
+            month: f.month,
+            day: f.day,
+            hour: f.hour,
+            minute: f.minute,
+        });
     }
     let tt = value.call_method0("timetuple").map_err(|_| {
         pyo3::exceptions::PyTypeError::new_err(format!(

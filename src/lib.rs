@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 pub mod crontab;
+pub mod datetime;
 mod errors;
 pub mod framing;
 pub mod schedule;
