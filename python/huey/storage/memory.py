@@ -17,5 +17,6 @@ class MemoryStorage(_NativeMemoryStorage, BaseStorage):
     keys may be ``str`` or ``bytes``.
     """
 
-    blocking = False  # dequeue() returns at once; the consumer may use dequeue_wait().
+    blocking = False  # dequeue() returns at once...
+    wakeup = True  # ...but dequeue_wait() sleeps until an enqueue wakes it
     priority = True
