@@ -111,6 +111,8 @@ class TestQueue:
             storage.enqueue(b'a', 'high')
         with pytest.raises(ValueError, match='nan'):
             storage.enqueue(b'a', float('nan'))
+        with pytest.raises(OverflowError):
+            storage.enqueue(b'a', 10**400)
         assert storage.queue_size() == 0
 
 

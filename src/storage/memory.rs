@@ -26,7 +26,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::datetime::timestamp_micros;
 use crate::schedule::ScheduleHeap;
@@ -95,7 +95,8 @@ impl Hash for dyn AsKeyRef + '_ {
 impl PartialEq for dyn AsKeyRef + '_ {
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.key_ref(), other.key_ref());
-        a.kind == b.kind && a.data == b.data
+        // The hash first: it is in the table entry, the bytes are behind another pointer.
+        a.hash == b.hash && a.kind == b.kind && a.data == b.data
     }
 }
 
@@ -336,6 +337,22 @@ fn priority_value(priority: Option<f64>) -> PyResult<f64> {
     }
 }
 
+/// A priority as a float. Ints (the usual case) are read directly: the generic float
+/// conversion goes through `int.__float__`, allocating a float object per call.
+fn priority_as_f64(priority: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if priority.is_exact_instance_of::<PyInt>() {
+        // SAFETY: `priority` is a live int object.
+        let value = unsafe { pyo3::ffi::PyLong_AsDouble(priority.as_ptr()) };
+        if value == -1.0 {
+            if let Some(err) = PyErr::take(priority.py()) {
+                return Err(err);
+            }
+        }
+        return Ok(value);
+    }
+    priority.extract()
+}
+
 /// Queue, schedule, results and counters for one process, safe to share between threads.
 #[pyclass(subclass, frozen, module = "huey._native", name = "MemoryStorage")]
 pub struct MemoryStorage {
@@ -399,8 +416,8 @@ impl MemoryStorage {
     // ---- queue ----
 
     #[pyo3(signature = (data, priority=None))]
-    fn enqueue(&self, data: Py<PyAny>, priority: Option<f64>) -> PyResult<()> {
-        let priority = priority_value(priority)?;
+    fn enqueue(&self, data: Py<PyAny>, priority: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let priority = priority_value(priority.map(priority_as_f64).transpose()?)?;
         {
             let mut state = self.lock();
             let seq = state.next_seq;
