@@ -82,6 +82,9 @@ class Worker(BaseProcess):
         self.backoff = backoff
         self.max_tasks = max_tasks
         self.task_count = 0
+        # Whether to let a waking storage block this worker (not for greenlets: a native
+        # wait would block every greenlet in the process).
+        self.storage_wait = True
         super().__init__(huey, stop_flag)
 
     def _run_hooks(self, hooks, kind):
@@ -98,22 +101,22 @@ class Worker(BaseProcess):
     def shutdown(self):
         self._run_hooks(self.huey._shutdown, 'shutdown')
 
-    def _next_task(self):
+    def _waits_in_storage(self):
         storage = self.huey.storage
-        if not storage.blocking and getattr(storage, 'wakeup', False):
-            return self.huey.dequeue(timeout=min(self.max_delay, MAX_STORAGE_WAIT))
-        return self.huey.dequeue()
+        return self.storage_wait and not storage.blocking and getattr(storage, 'wakeup', False)
 
     def loop(self, now=None):
         try:
-            task = self._next_task()
+            if self._waits_in_storage():
+                task = self.huey.dequeue(timeout=min(self.max_delay, MAX_STORAGE_WAIT))
+            else:
+                task = self.huey.dequeue()
         except Exception:
             self._logger.exception('Error reading from queue')
             self.sleep()
             return
         if task is None:
-            storage = self.huey.storage
-            if not storage.blocking and not getattr(storage, 'wakeup', False):
+            if not self.huey.storage.blocking and not self._waits_in_storage():
                 self.sleep()
             return
         self.delay = self.default_delay
@@ -436,9 +439,11 @@ class Consumer:
         return WORKER_TO_ENVIRONMENT[worker_type](self._graceful_sig, self._interrupt_sig)
 
     def _create_worker(self):
-        return self.worker_class(
+        worker = self.worker_class(
             huey=self.huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
             max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks)
+        worker.storage_wait = not isinstance(self.environment, GreenletEnvironment)
+        return worker
 
     def _create_scheduler(self):
         return self.scheduler_class(
