@@ -1,5 +1,6 @@
 """Storage backends. ``from huey.storage import X`` works for every storage huey ships."""
 
 from huey.storage.base import BaseStorage, BlackHoleStorage
+from huey.storage.file import FileStorage
 
-__all__ = ['BaseStorage', 'BlackHoleStorage']
+__all__ = ['BaseStorage', 'BlackHoleStorage', 'FileStorage']
