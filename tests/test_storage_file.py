@@ -395,13 +395,13 @@ def test_producer_killed_mid_stream_loses_nothing_it_reported_and_shows_nothing_
         tmp_path):
     path = str(tmp_path)
     producer = run_child('''
-        import sys
+        import datetime, sys
         from huey.storage import FileStorage
         storage = FileStorage('test', sys.argv[1])
         i = 0
         while True:
             storage.enqueue(b'%08d' % i * 4096, priority=i % 2)
-            storage.add_to_schedule(b'%08d' % i * 4096, __import__('datetime').datetime(2000, 1, 1))
+            storage.add_to_schedule(b'%08d' % i * 4096, datetime.datetime(2000, 1, 1))
             print(i, flush=True)
             i += 1
     ''', path)
