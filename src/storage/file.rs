@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! queue/index             head/tail per priority, memory-mapped, changed under flock (queue.rs)
-//! queue/{prio}-{seq}      one message each; dequeue takes the highest priority's head
+//! queue/{prio}-{seg}.seg  appended message records; dequeue reads the highest priority's head
 //! schedule/journal        append-only ordered index of scheduled messages (schedule.rs)
 //! schedule/lock           flock serialising schedule changes
 //! schedule/{ts}-{seq}     one scheduled message each
@@ -14,9 +14,10 @@
 //! tmp/                    files being written; renamed or linked into place when complete
 //! ```
 //!
-//! Every write goes to `tmp/` first and appears under its final name in one rename or link,
-//! so no reader ever sees half a message. Enqueue and dequeue touch a fixed number of files
-//! and index words whatever the depth. `dequeue_wait` and `wait_result` sleep on inotify
+//! No reader ever sees half a message: queue records become visible when one index word moves
+//! past them, after they are written; other files are written under `tmp/` and appear under
+//! their final name in one rename or link. Enqueue and dequeue cost one `pwrite` or `pread`
+//! and a few index stores whatever the depth. `dequeue_wait` and `wait_result` sleep on inotify
 //! (Linux) for the directory the awaited file will appear in, and poll elsewhere. All file
 //! I/O and every wait runs with the GIL released.
 
@@ -37,7 +38,7 @@ pub use sys::FileError;
 use kv::{Counters, Results};
 use queue::Queue;
 use schedule::Schedule;
-use sys::{Context, TmpDir, Watcher};
+use sys::{Context, TmpDir, Watchers};
 
 /// Temporary files of dead processes are swept at open once this old.
 const STALE_TMP: Duration = Duration::from_secs(600);
@@ -52,6 +53,7 @@ pub struct FileStore {
     schedule: Schedule,
     results: Results,
     counters: Counters,
+    watchers: Watchers,
 }
 
 impl FileStore {
@@ -67,10 +69,11 @@ impl FileStore {
         std::fs::create_dir_all(path.join("tmp")).on(&path.join("tmp"))?;
         tmp.sweep(STALE_TMP);
         Ok(FileStore {
-            queue: Queue::open(path.join("queue"), tmp.clone(), use_flock)?,
+            queue: Queue::open(path.join("queue"), use_flock, fsync)?,
             schedule: Schedule::open(path.join("schedule"), tmp.clone(), use_flock)?,
             results: Results::new(path.join("results"), levels as usize, tmp)?,
             counters: Counters::new(path.join("counters"))?,
+            watchers: Watchers::default(),
         })
     }
 }
@@ -208,24 +211,25 @@ impl PyFileStore {
         }
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1e9));
         // Watch before the next look, so an enqueue in between still wakes us.
-        let watcher = py.detach(|| Watcher::new(queue.dir()));
-        let mut poll = Duration::from_millis(1);
-        loop {
-            if let Some(data) = py.detach(|| queue.dequeue())? {
-                return Ok(Some(PyBytes::new(py, &data)));
+        self.store.watchers.watching(queue.dir(), |watcher| {
+            let mut poll = Duration::from_millis(1);
+            loop {
+                if let Some(data) = py.detach(|| queue.dequeue())? {
+                    return Ok(Some(PyBytes::new(py, &data)));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                let step = (deadline - now).min(SIGNAL_SLICE);
+                py.detach(|| match watcher {
+                    Some(w) => w.wait(step),
+                    None => std::thread::sleep(step.min(poll)),
+                });
+                poll = (poll * 2).min(MAX_POLL);
+                py.check_signals()?;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let step = (deadline - now).min(SIGNAL_SLICE);
-            py.detach(|| match &watcher {
-                Some(w) => w.wait(step),
-                None => std::thread::sleep(step.min(poll)),
-            });
-            poll = (poll * 2).min(MAX_POLL);
-            py.check_signals()?;
-        }
+        })
     }
 
     fn queue_size(&self, py: Python<'_>) -> PyResult<usize> {
@@ -337,9 +341,10 @@ impl PyFileStore {
                 None => SIGNAL_SLICE,
             };
             let done = py.detach(|| {
-                self.store
+                let store = &self.store;
+                store
                     .results
-                    .wait(&key, Some(slice.as_secs_f64()), backoff, max_delay)
+                    .wait(&store.watchers, &key, slice, backoff, max_delay)
             });
             if done {
                 return Ok(true);

@@ -3,17 +3,20 @@
 Unlike huey 3.5.4's FileStorage (one global lock, a directory listing and sort per dequeue),
 this one is safe and fast for many producer and consumer processes on one directory:
 
-- Queue: one file per message, ``queue/{priority:04x}-{seq:016x}``, and a memory-mapped
-  ``queue/index`` holding each priority's head and tail sequence numbers, changed under
-  ``flock``. Enqueue and dequeue cost the same at any depth. Higher priorities first, FIFO
-  within a priority; priorities are integers 0..65535, as in huey.
+- Queue: messages appended as records to per-priority segment files
+  ``queue/{priority:04x}-{segment:08x}.seg`` (8 MiB each, deleted once read), and a
+  memory-mapped ``queue/index`` holding each priority's head and tail positions, changed under
+  ``flock``. A record is visible once the tail moves past it, after it is fully written.
+  Enqueue and dequeue cost one write or read at any depth, and create no file per message.
+  Higher priorities first, FIFO within a priority; priorities are integers 0..65535, as in
+  huey.
 - Schedule: one file per message, ``schedule/{ts}-{seq}``, ordered by an append-only
   ``schedule/journal`` that each process replays incrementally (exact to the microsecond of
   the naive datetime).
 - Results: ``results/{h0}/{h1}/{md5(key)}`` (``levels`` directory levels), in huey's own
   file format. Counters: ``counters/{md5(key)}``.
-- Every file is written under ``tmp/`` and renamed or linked into place, so a process killed
-  at any point never leaves half a message visible, and a linked message is never lost.
+- Other files are written under ``tmp/`` and renamed or linked into place. A process killed
+  at any point never leaves half a message visible, nor loses one whose write returned.
 - ``dequeue_wait`` and ``wait_result`` sleep on inotify (Linux) and wake when another process
   writes; elsewhere they poll. The GIL is released around all file I/O and waits.
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
-use super::sys::{self, Context, Result, TmpDir, Watcher};
+use super::sys::{self, Context, Result, TmpDir, Watchers};
 
 /// Width of a counter file: an i64 with its sign fits in 20 characters.
 const COUNTER_WIDTH: usize = 20;
@@ -121,36 +121,40 @@ impl Results {
     }
 
     /// Wait until `key` holds a value: inotify on its directory, else polling with backoff.
-    pub fn wait(&self, key: &[u8], timeout: Option<f64>, backoff: f64, max_delay: f64) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    pub fn wait(
+        &self,
+        watchers: &Watchers,
+        key: &[u8],
+        timeout: Duration,
+        backoff: f64,
+        max_delay: f64,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
         let path = self.path_for_key(key);
         let parent = path.parent().expect("results/<hash> has a parent");
         let _ = fs::create_dir_all(parent);
-        let watcher = Watcher::new(parent);
-        let mut delay = 0.001f64;
-        let max_delay = Duration::from_secs_f64(max_delay.max(0.001));
-        loop {
-            if path.exists() {
-                return true;
-            }
-            let mut step = match &watcher {
-                // A missed event would cost at most max_delay: the file check is the truth.
-                Some(_) => max_delay,
-                None => Duration::from_secs_f64(delay).min(max_delay),
-            };
-            if let Some(deadline) = deadline {
+        watchers.watching(parent, |watcher| {
+            let mut delay = 0.001f64;
+            let max_delay = Duration::from_secs_f64(max_delay.max(0.001));
+            loop {
+                if path.exists() {
+                    return true;
+                }
                 let now = Instant::now();
                 if now >= deadline {
                     return false;
                 }
-                step = step.min(deadline - now);
+                match watcher {
+                    // A missed event would cost at most max_delay: the file is the truth.
+                    Some(w) => w.wait(max_delay.min(deadline - now)),
+                    None => {
+                        let step = Duration::from_secs_f64(delay).min(max_delay);
+                        std::thread::sleep(step.min(deadline - now));
+                    }
+                }
+                delay *= backoff.max(1.0);
             }
-            match &watcher {
-                Some(w) => w.wait(step),
-                None => std::thread::sleep(step),
-            }
-            delay *= backoff.max(1.0);
-        }
+        })
     }
 
     /// Every stored (key, value), in no particular order.

@@ -24,6 +24,7 @@ pub enum FileError {
     Levels(i64),
     NotADirectory(PathBuf),
     BadIndex(PathBuf),
+    TooLarge(usize),
 }
 
 impl fmt::Display for FileError {
@@ -42,6 +43,12 @@ impl fmt::Display for FileError {
             }
             FileError::Levels(n) => write!(f, "levels must be between 0 and 4, got {n}"),
             FileError::NotADirectory(p) => write!(f, "path \"{}\" is not a directory", p.display()),
+            FileError::TooLarge(n) => {
+                write!(
+                    f,
+                    "message of {n} bytes is too large for FileStorage (max 4 GiB)"
+                )
+            }
             FileError::BadIndex(p) => {
                 write!(
                     f,
@@ -279,9 +286,9 @@ pub fn inode(path: &Path) -> Result<Option<u64>> {
     }
 }
 
-/// Wakes a waiter when a file appears in a directory: inotify on Linux, nothing elsewhere
-/// (callers then poll). The watch is set up before the caller's last check, so an arrival
-/// between that check and the wait is never missed.
+/// Wakes a waiter when a file appears or is written in a directory: inotify on Linux, nothing
+/// elsewhere (callers then poll). The watch is added before the caller's last check, so an
+/// arrival between that check and the wait is never missed.
 pub struct Watcher {
     #[cfg(target_os = "linux")]
     fd: libc::c_int,
@@ -289,31 +296,46 @@ pub struct Watcher {
 
 impl Watcher {
     #[cfg(target_os = "linux")]
-    pub fn new(dir: &Path) -> Option<Watcher> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let cpath = CString::new(dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: plain syscalls on a descriptor this function owns; closed on failure.
-        unsafe {
-            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
-            if fd < 0 {
-                return None;
-            }
-            let mask = libc::IN_CREATE | libc::IN_MOVED_TO;
-            if libc::inotify_add_watch(fd, cpath.as_ptr(), mask) < 0 {
-                libc::close(fd);
-                return None;
-            }
-            Some(Watcher { fd })
-        }
+    fn new() -> Option<Watcher> {
+        // SAFETY: creates a descriptor that the returned Watcher owns.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        (fd >= 0).then_some(Watcher { fd })
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn new(_dir: &Path) -> Option<Watcher> {
+    fn new() -> Option<Watcher> {
         None
     }
 
-    /// Wait until something appears or `timeout` passes; drains the pending events.
+    #[cfg(target_os = "linux")]
+    fn add(&self, dir: &Path) -> Option<libc::c_int> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let cpath = CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MODIFY;
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd, cpath.as_ptr(), mask) };
+        (wd >= 0).then_some(wd)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn remove(&self, wd: libc::c_int) {
+        // SAFETY: removes a watch this descriptor added; the IN_IGNORED event it queues is
+        // drained before the watcher is used again.
+        unsafe {
+            libc::inotify_rm_watch(self.fd, wd);
+        }
+        self.drain();
+    }
+
+    #[cfg(target_os = "linux")]
+    fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a local buffer of the given length from a non-blocking descriptor.
+        while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+
+    /// Wait until something happens in the watched directory or `timeout` passes.
     #[cfg(target_os = "linux")]
     pub fn wait(&self, timeout: Duration) {
         let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
@@ -322,12 +344,9 @@ impl Watcher {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd; the buffer read into is local and sized by the call.
-        unsafe {
-            if libc::poll(&mut pfd, 1, millis) > 0 {
-                let mut buf = [0u8; 4096];
-                while libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
-            }
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, millis) } > 0 {
+            self.drain();
         }
     }
 
@@ -344,5 +363,44 @@ impl Drop for Watcher {
         unsafe {
             libc::close(self.fd);
         }
+    }
+}
+
+/// Idle inotify instances, reused because closing one waits for the kernel to retire its
+/// marks (an RCU grace period, milliseconds), which would delay every woken waiter.
+#[derive(Default)]
+pub struct Watchers {
+    idle: Mutex<(u32, Vec<Watcher>)>,
+}
+
+impl Watchers {
+    /// Run `wait_loop` with a watcher on `dir` (None when inotify is unavailable).
+    pub fn watching<R>(&self, dir: &Path, wait_loop: impl FnOnce(Option<&Watcher>) -> R) -> R {
+        let pid = std::process::id();
+        let watcher = {
+            let mut idle = self.idle.lock();
+            if idle.0 != pid {
+                // Inherited across fork: sharing them with the parent would steal its events.
+                idle.1.clear();
+                idle.0 = pid;
+            }
+            idle.1.pop().or_else(Watcher::new)
+        };
+        #[cfg(target_os = "linux")]
+        let wd = watcher.as_ref().and_then(|w| w.add(dir));
+        #[cfg(not(target_os = "linux"))]
+        let wd: Option<()> = {
+            let _ = dir;
+            None
+        };
+        let result = wait_loop(if wd.is_some() { watcher.as_ref() } else { None });
+        if let Some(watcher) = watcher {
+            #[cfg(target_os = "linux")]
+            if let Some(wd) = wd {
+                watcher.remove(wd);
+            }
+            self.idle.lock().1.push(watcher);
+        }
+        result
     }
 }
