@@ -176,17 +176,21 @@ def test_schedule_is_shared_between_instances_and_survives_compaction(tmp_path):
     writer = FileStorage('test', str(tmp_path))
     reader = FileStorage('test', str(tmp_path))
     base = datetime.datetime(2030, 1, 1)
-    # Enough adds and reads to rewrite the journal several times.
-    for round_ in range(3):
+
+    def message(round_, i):
+        return b'%d-%d;' % (round_, i) * 60
+
+    # Enough adds and reads (several MiB) to rewrite the journal several times.
+    for round_ in range(4):
         for i in range(3000):
-            writer.add_to_schedule(b'%d-%d' % (round_, i), base + datetime.timedelta(seconds=i))
+            writer.add_to_schedule(message(round_, i), base + datetime.timedelta(seconds=i))
         due = reader.read_schedule(base + datetime.timedelta(seconds=2499))
-        assert due == [b'%d-%d' % (round_, i) for i in range(2500)]
+        assert due == [message(round_, i) for i in range(2500)]
         assert writer.schedule_size() == 500
         assert reader.read_schedule(datetime.datetime.max) == [
-            b'%d-%d' % (round_, i) for i in range(2500, 3000)]
-    assert len(os.listdir(writer.schedule_path)) == 2  # journal and lock
-    assert os.path.getsize(os.path.join(writer.schedule_path, 'journal')) < 32 * 10000
+            message(round_, i) for i in range(2500, 3000)]
+    assert sorted(os.listdir(writer.schedule_path)) == ['journal', 'lock']
+    assert os.path.getsize(os.path.join(writer.schedule_path, 'journal')) < 3 << 20
 
 
 def test_flush_schedule(storage):
@@ -341,6 +345,44 @@ def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(tmp_path):
 
     baseline = median_wake_latency(piped, send)
     assert ours < 0.005 + baseline, (ours, baseline)
+
+
+def test_thread_lock_mode_serialises_threads(tmp_path):
+    storage = FileStorage('test', str(tmp_path), use_thread_lock=True)
+    for i in range(2000):
+        storage.enqueue(b'%d' % i)
+    got = [[] for _ in range(4)]
+
+    def drain(into):
+        for data in iter(storage.dequeue, None):
+            into.append(data)
+
+    threads = [threading.Thread(target=drain, args=(g,)) for g in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(int(d) for g in got for d in g) == list(range(2000))
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
+    import multiprocessing
+
+    storage = FileStorage('test', str(tmp_path))
+    for i in range(4000):
+        storage.enqueue(b'%d' % i)
+    queue = multiprocessing.get_context('fork').SimpleQueue()
+
+    def drain():
+        queue.put([int(d) for d in iter(storage.dequeue, None)])
+
+    child = multiprocessing.get_context('fork').Process(target=drain)
+    child.start()
+    mine = [int(d) for d in iter(storage.dequeue, None)]
+    theirs = queue.get()
+    child.join()
+    assert sorted(mine + theirs) == list(range(4000))
 
 
 # -- many processes ----------------------------------------------------------------------------

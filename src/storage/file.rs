@@ -6,17 +6,16 @@
 //! ```text
 //! queue/index             head/tail per priority, memory-mapped, changed under flock (queue.rs)
 //! queue/{prio}-{seg}.seg  appended message records; dequeue reads the highest priority's head
-//! schedule/journal        append-only ordered index of scheduled messages (schedule.rs)
+//! schedule/journal        append-only log of scheduled messages and removals (schedule.rs)
 //! schedule/lock           flock serialising schedule changes
-//! schedule/{ts}-{seq}     one scheduled message each
 //! results/{h0}/{h1}/{h}   one result each, huey 3.5.4's place and format (kv.rs)
 //! counters/{h}            one counter each, fixed-width decimal text (kv.rs)
 //! tmp/                    files being written; renamed or linked into place when complete
 //! ```
 //!
 //! No reader ever sees half a message: queue records become visible when one index word moves
-//! past them, after they are written; other files are written under `tmp/` and appear under
-//! their final name in one rename or link. Enqueue and dequeue cost one `pwrite` or `pread`
+//! past them, after they are written; schedule records count only when whole and checksummed;
+//! results are written under `tmp/` and appear under their final name in one rename or link. Enqueue and dequeue cost one `pwrite` or `pread`
 //! and a few index stores whatever the depth. `dequeue_wait` and `wait_result` sleep on inotify
 //! (Linux) for the directory the awaited file will appear in, and poll elsewhere. All file
 //! I/O and every wait runs with the GIL released.

@@ -10,9 +10,9 @@ this one is safe and fast for many producer and consumer processes on one direct
   Enqueue and dequeue cost one write or read at any depth, and create no file per message.
   Higher priorities first, FIFO within a priority; priorities are integers 0..65535, as in
   huey.
-- Schedule: one file per message, ``schedule/{ts}-{seq}``, ordered by an append-only
-  ``schedule/journal`` that each process replays incrementally (exact to the microsecond of
-  the naive datetime).
+- Schedule: an append-only ``schedule/journal`` of checksummed records holding the messages
+  and their removals, which each process replays incrementally into an ordered map (exact to
+  the microsecond of the naive datetime) and which is compacted when mostly dead.
 - Results: ``results/{h0}/{h1}/{md5(key)}`` (``levels`` directory levels), in huey's own
   file format. Counters: ``counters/{md5(key)}``.
 - Other files are written under ``tmp/`` and renamed or linked into place. A process killed
