@@ -23,3 +23,17 @@ impl From<FramingError> for PyErr {
         }
     }
 }
+
+impl From<crate::storage::file::FileError> for PyErr {
+    fn from(err: crate::storage::file::FileError) -> PyErr {
+        use crate::storage::file::FileError;
+        match err {
+            // OSError(errno, strerror, filename) picks the subclass (FileNotFoundError, ...).
+            FileError::Io { path, source } => match source.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, source.to_string(), path)),
+                None => PyOSError::new_err(format!("{}: {source}", path.display())),
+            },
+            other => PyValueError::new_err(other.to_string()),
+        }
+    }
+}

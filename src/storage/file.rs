@@ -1,5 +1,407 @@
-use pyo3::prelude::*;
+//! FileStorage's engine: a queue, schedule, results and counters in one directory, safe for
+//! many producer and consumer processes at once and for processes killed at any point.
+//!
+//! Layout of `path/` (each part documents its own format):
+//!
+//! ```text
+//! queue/index             head/tail per priority, memory-mapped, changed under flock (queue.rs)
+//! queue/{prio}-{seg}.seg  appended message records; dequeue reads the highest priority's head
+//! schedule/journal        append-only log of scheduled messages and removals (schedule.rs)
+//! schedule/lock           flock serialising schedule changes
+//! results/{h0}/{h1}/{h}   one result each, huey 3.5.4's place and format (kv.rs)
+//! counters/{h}            one counter each, fixed-width decimal text (kv.rs)
+//! tmp/                    files being written; renamed or linked into place when complete
+//! ```
+//!
+//! No reader ever sees half a message: queue records become visible when one index word moves
+//! past them, after they are written; schedule records count only when whole and checksummed;
+//! results are written under `tmp/` and appear under their final name in one rename or link. Enqueue and dequeue cost one `pwrite` or `pread`
+//! and a few index stores whatever the depth. `dequeue_wait` and `wait_result` sleep on inotify
+//! (Linux) for the directory the awaited file will appear in, and poll elsewhere. All file
+//! I/O and every wait runs with the GIL released.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+mod kv;
+mod queue;
+mod schedule;
+mod sys;
+
+pub use sys::FileError;
+
+use kv::{Counters, Results};
+use queue::Queue;
+use schedule::Schedule;
+use sys::{Context, TmpDir, Watchers};
+
+/// Temporary files of dead processes are swept at open once this old.
+const STALE_TMP: Duration = Duration::from_secs(600);
+/// Without inotify, `dequeue_wait` polls no less often than this.
+const MAX_POLL: Duration = Duration::from_millis(20);
+/// Waits are cut into slices this long so Ctrl-C (a Python signal) is noticed.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+/// The engine behind `huey.storage.FileStorage`.
+pub struct FileStore {
+    queue: Queue,
+    schedule: Schedule,
+    results: Results,
+    counters: Counters,
+    watchers: Watchers,
+}
+
+impl FileStore {
+    pub fn open(path: PathBuf, levels: i64, use_flock: bool, fsync: bool) -> sys::Result<Self> {
+        if path.exists() && !path.is_dir() {
+            return Err(FileError::NotADirectory(path));
+        }
+        if !(0..=4).contains(&levels) {
+            return Err(FileError::Levels(levels));
+        }
+        std::fs::create_dir_all(&path).on(&path)?;
+        let tmp = TmpDir::new(path.join("tmp"), fsync);
+        std::fs::create_dir_all(path.join("tmp")).on(&path.join("tmp"))?;
+        tmp.sweep(STALE_TMP);
+        Ok(FileStore {
+            queue: Queue::open(path.join("queue"), use_flock, fsync)?,
+            schedule: Schedule::open(path.join("schedule"), tmp.clone(), use_flock)?,
+            results: Results::new(path.join("results"), levels as usize, tmp)?,
+            counters: Counters::new(path.join("counters"))?,
+            watchers: Watchers::default(),
+        })
+    }
+}
+
+/// Microseconds since 1970-01-01 of a naive datetime's fields (days from the civil date,
+/// Howard Hinnant's algorithm), so schedule order is exactly datetime order.
+pub fn naive_micros(
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    micro: i64,
+) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + micro
+}
+
+fn datetime_micros(ts: &Bound<'_, PyAny>) -> PyResult<i64> {
+    let field = |name: &str| -> PyResult<i64> { ts.getattr(name)?.extract() };
+    let fields = (|| {
+        Ok::<_, PyErr>(naive_micros(
+            field("year")?,
+            field("month")?,
+            field("day")?,
+            field("hour")?,
+            field("minute")?,
+            field("second")?,
+            field("microsecond")?,
+        ))
+    })();
+    fields.map_err(|_| {
+        PyTypeError::new_err(format!(
+            "expected a datetime, got {}",
+            ts.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
+}
+
+/// Keys are str (UTF-8 on disk) or bytes.
+fn key_bytes(key: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = key.cast::<PyString>() {
+        return Ok(s.to_cow()?.as_bytes().to_vec());
+    }
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "key must be str or bytes, not {}",
+        key.get_type().name()?
+    )))
+}
+
+fn limit_arg(limit: Option<i64>) -> PyResult<Option<usize>> {
+    match limit {
+        Some(n) if n < 0 => Err(PyValueError::new_err(format!(
+            "limit must be >= 0, got {n}"
+        ))),
+        other => Ok(other.map(|n| n as usize)),
+    }
+}
+
+fn bytes_list<'py>(py: Python<'py>, items: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, items.iter().map(|item| PyBytes::new(py, item)))
+}
+
+/// `huey._native.FileStore`: the native half of `huey.storage.FileStorage`.
+#[pyclass(frozen, module = "huey._native", name = "FileStore")]
+pub struct PyFileStore {
+    store: FileStore,
+}
+
+#[pymethods]
+impl PyFileStore {
+    #[new]
+    #[pyo3(signature = (path, levels = 2, use_thread_lock = false, fsync = false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        levels: i64,
+        use_thread_lock: bool,
+        fsync: bool,
+    ) -> PyResult<Self> {
+        let store = py.detach(|| FileStore::open(path, levels, !use_thread_lock, fsync))?;
+        Ok(PyFileStore { store })
+    }
+
+    fn enqueue(&self, py: Python<'_>, data: &[u8], priority: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Out-of-range ints of any size get the same ValueError as small ones.
+        let priority = match priority.extract::<i64>() {
+            Ok(p) => p,
+            Err(_) if priority.lt(0)? => {
+                return Err(PyValueError::new_err(format!(
+                    "priority must be a positive number, got {priority}"
+                )))
+            }
+            Err(_) => {
+                return Err(PyValueError::new_err(format!(
+                    "priority must be <= {}, got {priority}",
+                    queue::MAX_PRIORITY
+                )))
+            }
+        };
+        Queue::check_priority(priority)?;
+        Ok(py.detach(|| self.store.queue.enqueue(data, priority))?)
+    }
+
+    fn dequeue<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let data = py.detach(|| self.store.queue.dequeue())?;
+        Ok(data.map(|d| PyBytes::new(py, &d)))
+    }
+
+    /// Dequeue, waiting up to `timeout` seconds for a message from any thread or process.
+    fn dequeue_wait<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let queue = &self.store.queue;
+        if let Some(data) = py.detach(|| queue.dequeue())? {
+            return Ok(Some(PyBytes::new(py, &data)));
+        }
+        if timeout.is_nan() || timeout <= 0.0 {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1e9));
+        // Watch before the next look, so an enqueue in between still wakes us.
+        self.store.watchers.watching(queue.dir(), |watcher| {
+            let mut poll = Duration::from_millis(1);
+            loop {
+                if let Some(data) = py.detach(|| queue.dequeue())? {
+                    return Ok(Some(PyBytes::new(py, &data)));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                let step = (deadline - now).min(SIGNAL_SLICE);
+                py.detach(|| match watcher {
+                    Some(w) => w.wait(step),
+                    None => std::thread::sleep(step.min(poll)),
+                });
+                poll = (poll * 2).min(MAX_POLL);
+                py.check_signals()?;
+            }
+        })
+    }
+
+    fn queue_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(py.detach(|| self.store.queue.size())?)
+    }
+
+    #[pyo3(signature = (limit = None))]
+    fn enqueued_items<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<i64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let limit = limit_arg(limit)?;
+        let items = py.detach(|| self.store.queue.items(limit))?;
+        bytes_list(py, items)
+    }
+
+    fn flush_queue(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.queue.flush())?)
+    }
+
+    fn add_to_schedule(&self, py: Python<'_>, data: &[u8], ts: &Bound<'_, PyAny>) -> PyResult<()> {
+        let micros = datetime_micros(ts)?;
+        Ok(py.detach(|| self.store.schedule.add(data, micros))?)
+    }
+
+    fn read_schedule<'py>(
+        &self,
+        py: Python<'py>,
+        ts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let micros = datetime_micros(ts)?;
+        let items = py.detach(|| self.store.schedule.read(micros))?;
+        bytes_list(py, items)
+    }
+
+    fn schedule_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(py.detach(|| self.store.schedule.size())?)
+    }
+
+    #[pyo3(signature = (limit = None))]
+    fn scheduled_items<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<i64>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let limit = limit_arg(limit)?;
+        let items = py.detach(|| self.store.schedule.items(limit))?;
+        bytes_list(py, items)
+    }
+
+    fn flush_schedule(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.schedule.flush())?)
+    }
+
+    fn put_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: &[u8]) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.results.put(&key, value))?)
+    }
+
+    /// Store `value` unless `key` holds one; atomic across processes.
+    fn put_if_empty(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: &[u8]) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.results.put_if_empty(&key, value))?)
+    }
+
+    /// The value at `key`, or None when there is none.
+    fn peek_data<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = key_bytes(key)?;
+        let data = py.detach(|| self.store.results.peek(&key))?;
+        Ok(data.map(|d| PyBytes::new(py, &d)))
+    }
+
+    fn pop_data<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = key_bytes(key)?;
+        let data = py.detach(|| self.store.results.pop(&key))?;
+        Ok(data.map(|d| PyBytes::new(py, &d)))
+    }
+
+    fn has_data_for_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.results.has(&key)))
+    }
+
+    #[pyo3(signature = (key, timeout = None, backoff = 1.15, max_delay = 1.0))]
+    fn wait_result(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        backoff: f64,
+        max_delay: f64,
+    ) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)));
+        loop {
+            let slice = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_SLICE),
+                None => SIGNAL_SLICE,
+            };
+            let done = py.detach(|| {
+                let store = &self.store;
+                store
+                    .results
+                    .wait(&store.watchers, &key, slice, backoff, max_delay)
+            });
+            if done {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
+    }
+
+    fn incr(&self, py: Python<'_>, key: &Bound<'_, PyAny>, amount: i64) -> PyResult<i64> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.counters.incr(&key, amount))?)
+    }
+
+    fn delete_counter(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.counters.delete(&key))?)
+    }
+
+    fn result_store_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(py.detach(|| self.store.results.size())?)
+    }
+
+    /// Every result as {key (str): value (bytes)}.
+    fn result_items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let items = py.detach(|| self.store.results.items())?;
+        let dict = PyDict::new(py);
+        for (key, value) in items {
+            let key = String::from_utf8_lossy(&key);
+            dict.set_item(key.as_ref(), PyBytes::new(py, &value))?;
+        }
+        Ok(dict)
+    }
+
+    fn flush_results(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.results.flush())?)
+    }
+
+    fn flush_counters(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.counters.flush())?)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFileStore>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naive_micros_counts_from_the_epoch() {
+        assert_eq!(naive_micros(1970, 1, 1, 0, 0, 0, 0), 0);
+        assert_eq!(naive_micros(1970, 1, 2, 0, 0, 0, 1), 86_400_000_001);
+        assert_eq!(naive_micros(2000, 3, 1, 0, 0, 0, 0), 951_868_800_000_000);
+        assert_eq!(naive_micros(1969, 12, 31, 23, 59, 59, 999_999), -1);
+    }
 }
