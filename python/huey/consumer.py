@@ -7,6 +7,7 @@ Workers wait for work the cheapest way the storage allows: storages that block o
 others are polled with exponential backoff, as huey does.
 """
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -31,7 +32,7 @@ from huey.utils import noop_context
 logger = logging.getLogger('huey.consumer')
 
 # The longest a worker waits inside the storage before looking at the stop flag again.
-MAX_STORAGE_WAIT = 1.0
+MAX_STORAGE_WAIT = 0.5
 
 
 class ConsumerStopped(Exception):
@@ -243,6 +244,14 @@ class ThreadEnvironment(Environment):
 
     def is_alive(self, proc):
         return proc.is_alive()
+
+    def join_at_exit(self, procs, stop_flag):
+        """Stop idle workers before the interpreter finalizes: a daemon thread still
+        waiting inside native code when Python shuts down would abort the process."""
+        stop_flag.set()
+        deadline = time.monotonic() + 2 * MAX_STORAGE_WAIT
+        for proc in procs:
+            proc.join(max(deadline - time.monotonic(), 0))
 
 
 class GreenletEnvironment(Environment):
@@ -492,7 +501,13 @@ class Consumer:
         self.scheduler.start()
         for _, process in self.worker_threads:
             process.start()
+        if isinstance(self.environment, ThreadEnvironment):
+            atexit.register(self._join_at_exit)
         self._set_signal_handlers()
+
+    def _join_at_exit(self):
+        procs = [p for _, p in self.worker_threads] + [self.scheduler]
+        self.environment.join_at_exit(procs, self.stop_flag)
 
     def stop(self, graceful=False):
         """Set the stop flag; with ``graceful`` wait for running tasks to finish (at most
