@@ -160,7 +160,7 @@ def run_once(python, workload, params, env, timeout):
 def measure(selected, pythons, quick, redis):
     """Run every workload ``rounds`` times per package, alternating; collect raw outcomes."""
     rounds = 2 if quick else 5
-    timeout = 180 if quick else 1800
+    timeout = 60 if quick else 1800
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
     outcomes = {w.name: {pkg: {'runs': [], 'error': None} for pkg in pythons} for w in selected}
     for rnd in range(rounds):

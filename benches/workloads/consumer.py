@@ -13,6 +13,8 @@ from huey.signals import SIGNAL_COMPLETE
 
 from workloads._common import emit, make_huey, metric, params, percentile
 
+STALL_TIMEOUT = 10  # seconds without progress before a run counts as broken, not slow
+
 
 def start_consumer(huey):
     consumer = huey.create_consumer(workers=4, worker_type='thread', initial_delay=0.001,
@@ -44,11 +46,15 @@ def drain(huey, n):
 
     t0 = time.perf_counter()
     consumer = start_consumer(huey)
-    finished = done.wait(timeout=300)
-    drain_time = time.perf_counter() - t0
-    consumer.stop()
-    if not finished:
-        raise RuntimeError(f'only {completed[0]} of {n} tasks completed')
+    try:
+        seen = -1
+        while not done.wait(timeout=STALL_TIMEOUT):
+            if completed[0] == seen:
+                raise RuntimeError(f'stalled at {seen} of {n} tasks completed')
+            seen = completed[0]
+        drain_time = time.perf_counter() - t0
+    finally:
+        consumer.stop()
     total = sum(r.get() for r in results)
     return [metric('enqueue', n / enqueue_time, 'tasks/s'),
             metric('drain (4 threads)', n / drain_time, 'tasks/s')], {'sum': total}
@@ -65,7 +71,7 @@ def latency(huey, samples, pause):
         for i in range(samples):
             time.sleep(pause)
             t0 = time.perf_counter()
-            value = echo(i).get(blocking=True, timeout=30)
+            value = echo(i).get(blocking=True, timeout=STALL_TIMEOUT)
             times.append(time.perf_counter() - t0)
             if value != i:
                 raise RuntimeError(f'task {i} returned {value!r}')
