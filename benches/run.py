@@ -12,6 +12,7 @@ NAME is a workload name (``drain-redis``), a family (``drain``) or a glob (``*-f
 import argparse
 import datetime
 import fnmatch
+import importlib.metadata
 import json
 import os
 import platform
@@ -93,16 +94,25 @@ def select(all_workloads, only):
 
 
 def ref_python():
-    """The huey 3.5.4 interpreter, creating its venv from PyPI when missing or broken."""
+    """The huey 3.5.4 interpreter, creating its venv from PyPI when missing or stale.
+
+    redis-py is pinned to the version huey-rs runs with, so Redis rows compare huey, not
+    two redis clients.
+    """
     python = REF_VENV / 'bin' / 'python'
-    probe = "import huey, redis; assert huey.__version__ == '3.5.4', huey.__version__"
+    try:
+        redis_version = importlib.metadata.version('redis')
+    except importlib.metadata.PackageNotFoundError:
+        sys.exit('redis-py is missing from this venv (make dev installs it)')
+    probe = (f"import huey, redis; assert huey.__version__ == '3.5.4', huey.__version__; "
+             f"assert redis.__version__ == '{redis_version}', redis.__version__")
     if python.exists() and subprocess.run([python, '-c', probe],
                                           capture_output=True).returncode == 0:
         return str(python)
-    print(f'creating {REF_VENV} with huey==3.5.4 and redis from PyPI', file=sys.stderr)
+    print(f'creating {REF_VENV}: huey==3.5.4 redis=={redis_version} from PyPI', file=sys.stderr)
     subprocess.run([sys.executable, '-m', 'venv', '--clear', REF_VENV], check=True)
     subprocess.run([python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
-                    'huey==3.5.4', 'redis'], check=True)
+                    'huey==3.5.4', f'redis=={redis_version}'], check=True)
     subprocess.run([python, '-c', probe], check=True)
     return str(python)
 
