@@ -17,6 +17,8 @@ STALL_TIMEOUT = 10  # seconds without progress before a run counts as broken, no
 
 
 def start_consumer(huey):
+    # Stop it with stop(graceful=True): that joins the workers, so none is still inside a
+    # storage call when the interpreter exits.
     consumer = huey.create_consumer(workers=4, worker_type='thread', initial_delay=0.001,
                                     max_delay=0.001, periodic=False,
                                     check_worker_health=False)
@@ -54,7 +56,7 @@ def drain(huey, n):
             seen = completed[0]
         drain_time = time.perf_counter() - t0
     finally:
-        consumer.stop()
+        consumer.stop(graceful=True)
     total = sum(r.get() for r in results)
     return [metric('enqueue', n / enqueue_time, 'tasks/s'),
             metric('drain (4 threads)', n / drain_time, 'tasks/s')], {'sum': total}
@@ -76,7 +78,7 @@ def latency(huey, samples, pause):
             if value != i:
                 raise RuntimeError(f'task {i} returned {value!r}')
     finally:
-        consumer.stop()
+        consumer.stop(graceful=True)
     return [metric('latency p50', percentile(times, 50) * 1e3, 'ms', higher_is_better=False),
             metric('latency p99', percentile(times, 99) * 1e3, 'ms', higher_is_better=False)], {}
 
