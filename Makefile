@@ -49,10 +49,10 @@ lint: $(VENV)/.deps
 	cargo clippy --tests -q -- -D warnings
 	$(PY) -m mypy.stubtest huey._native
 
-bench: dev
+bench: redis-server dev
 	$(PY) benches/run.py
 
-bench-quick: dev
+bench-quick: redis-server dev
 	$(PY) benches/run.py --quick
 
 clean:

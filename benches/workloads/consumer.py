@@ -1,0 +1,98 @@
+"""Tasks through a real consumer (4 worker threads, in-process) on each storage.
+
+``mode=drain``: enqueue N tasks by calling a task, then start the consumer and time until
+every result is stored. ``mode=latency``: on an idle consumer, enqueue one task and block on
+its result, repeatedly, with short pauses so the workers go back to polling an empty queue.
+"""
+
+import logging
+import threading
+import time
+
+from huey.signals import SIGNAL_COMPLETE
+
+from workloads._common import emit, make_huey, metric, params, percentile
+
+STALL_TIMEOUT = 10  # seconds without progress before a run counts as broken, not slow
+
+
+def start_consumer(huey):
+    # Stop it with stop(graceful=True): that joins the workers, so none is still inside a
+    # storage call when the interpreter exits.
+    consumer = huey.create_consumer(workers=4, worker_type='thread', initial_delay=0.001,
+                                    max_delay=0.001, periodic=False,
+                                    check_worker_health=False)
+    consumer.start()
+    return consumer
+
+
+def drain(huey, n):
+    @huey.task()
+    def add(a, b):
+        return a + b
+
+    done = threading.Event()
+    completed = [0]
+    lock = threading.Lock()
+
+    @huey.signal(SIGNAL_COMPLETE)
+    def count(signal, task):
+        with lock:
+            completed[0] += 1
+            if completed[0] == n:
+                done.set()
+
+    t0 = time.perf_counter()
+    results = [add(i, i) for i in range(n)]
+    enqueue_time = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    consumer = start_consumer(huey)
+    try:
+        seen = -1
+        while not done.wait(timeout=STALL_TIMEOUT):
+            if completed[0] == seen:
+                raise RuntimeError(f'stalled at {seen} of {n} tasks completed')
+            seen = completed[0]
+        drain_time = time.perf_counter() - t0
+    finally:
+        consumer.stop(graceful=True)
+    total = sum(r.get() for r in results)
+    return [metric('enqueue', n / enqueue_time, 'tasks/s'),
+            metric('drain (4 threads)', n / drain_time, 'tasks/s')], {'sum': total}
+
+
+def latency(huey, samples, pause):
+    @huey.task()
+    def echo(x):
+        return x
+
+    consumer = start_consumer(huey)
+    try:
+        times = []
+        for i in range(samples):
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            value = echo(i).get(blocking=True, timeout=STALL_TIMEOUT)
+            times.append(time.perf_counter() - t0)
+            if value != i:
+                raise RuntimeError(f'task {i} returned {value!r}')
+    finally:
+        consumer.stop(graceful=True)
+    return [metric('latency p50', percentile(times, 50) * 1e3, 'ms', higher_is_better=False),
+            metric('latency p99', percentile(times, 99) * 1e3, 'ms', higher_is_better=False)], {}
+
+
+def main():
+    logging.getLogger('huey').setLevel(logging.WARNING)
+    p = params()
+    huey = make_huey(p['storage'], p.get('redis_url'))
+    if p['mode'] == 'drain':
+        metrics, check = drain(huey, p['tasks'])
+    else:
+        metrics, check = latency(huey, p['samples'], p['pause'])
+    emit(metrics, **check)
+
+
+if __name__ == '__main__':
+    main()
