@@ -35,7 +35,7 @@ from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
-from huey.storage import BlackHoleStorage, MemoryStorage
+from huey.storage import BlackHoleStorage, FileStorage, MemoryStorage
 from huey.task import PeriodicTask, Task, TaskWrapper, _signature, signature
 from huey.utils import (
     SKIPPED,
@@ -51,7 +51,7 @@ from huey.workflow import chord, group
 logger = logging.getLogger('huey')
 
 __all__ = [
-    'BlackHoleHuey', 'CancelExecution', 'ChordResult', 'ConfigurationError', 'Error',
+    'BlackHoleHuey', 'CancelExecution', 'FileHuey', 'ChordResult', 'ConfigurationError', 'Error',
     'Huey', 'HueyException', 'MemoryHuey', 'PeriodicTask', 'RateLimit',
     'RateLimitExceeded', 'Result', 'ResultGroup', 'ResultTimeout', 'RetryTask', 'SKIPPED',
     'Task', 'TaskException', 'TaskLock', 'TaskLockedException', 'TaskTimeout', 'TaskWrapper',
@@ -788,3 +788,7 @@ class BlackHoleHuey(Huey):
 
 class MemoryHuey(Huey):
     storage_class = MemoryStorage
+
+
+class FileHuey(Huey):
+    storage_class = FileStorage

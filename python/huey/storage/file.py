@@ -35,6 +35,7 @@ class FileStorage(BaseStorage):
     """Queue, schedule, results and counters in the directory ``path``."""
 
     MAX_PRIORITY = 0xFFFF
+    wakeup = True  # dequeue_wait() sleeps on inotify until another process enqueues
 
     def __init__(self, name='huey', path=None, levels=2, use_thread_lock=False, fsync=False,
                  **storage_kwargs):
