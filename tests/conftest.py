@@ -3,8 +3,11 @@
 ``redis_server`` (session): the running server, with ``host``, ``port``, ``url`` and
 ``restart()`` / ``stop()`` / ``start()``; ``redis_db`` (function): the same server, flushed
 before the test; ``redis_server_factory``: start extra servers with their own arguments.
+``reference_peer``: huey 3.5.4 storages driven in a separate interpreter, for interop tests.
 """
 
+import datetime
+import json
 import os
 import shutil
 import socket
@@ -138,3 +141,117 @@ def redis_server_factory():
     yield start
     for server in servers:
         server.cleanup()
+
+
+# huey 3.5.4 as a peer process ---------------------------------------------------------------
+
+REFERENCE_PYTHON = os.environ.get('HUEY_REFERENCE_PYTHON', '/work/ref-venv/bin/python')
+
+# Runs under the reference interpreter: builds one huey 3.5.4 storage, then executes storage
+# calls read as JSON lines from stdin (bytes as {"b": hex}, naive datetimes as {"dt": [...]}).
+_PEER_SCRIPT = r'''
+import datetime, json, sys
+import huey, huey.storage
+from huey.constants import EmptyData
+
+def decode(v):
+    if isinstance(v, dict) and 'b' in v:
+        return bytes.fromhex(v['b'])
+    if isinstance(v, dict) and 'dt' in v:
+        return datetime.datetime(*v['dt'])
+    return v
+
+def encode(v):
+    if v is EmptyData:
+        return {'empty': True}
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {'b': bytes(v).hex()}
+    if isinstance(v, (list, tuple)):
+        return [encode(x) for x in v]
+    if isinstance(v, dict):
+        return {'map': [[encode(k), encode(x)] for k, x in v.items()]}
+    return v
+
+setup = json.loads(sys.stdin.readline())
+storage = getattr(huey.storage, setup['class'])(*setup['args'], **setup['kwargs'])
+print(json.dumps({'ok': huey.__version__}), flush=True)
+for line in sys.stdin:
+    call = json.loads(line)
+    try:
+        result = getattr(storage, call['op'])(*[decode(a) for a in call['args']])
+        reply = {'ok': encode(result)}
+    except Exception as exc:
+        reply = {'error': '%s: %s' % (type(exc).__name__, exc)}
+    print(json.dumps(reply), flush=True)
+'''
+
+
+class ReferencePeer:
+    """A huey 3.5.4 storage in a separate interpreter; ``peer.call('dequeue')`` etc."""
+
+    def __init__(self, class_name, *args, **kwargs):
+        self.process = subprocess.Popen(
+            [REFERENCE_PYTHON, '-I', '-c', _PEER_SCRIPT], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.version = self._send({'class': class_name, 'args': args, 'kwargs': kwargs})
+
+    def _send(self, message):
+        self.process.stdin.write(json.dumps(message) + '\n')
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f'huey reference peer exited ({self.process.wait()})')
+        reply = json.loads(line)
+        if 'error' in reply:
+            raise RuntimeError(f'huey 3.5.4 raised {reply["error"]}')
+        return self._decode(reply['ok'])
+
+    def call(self, op, *args):
+        return self._send({'op': op, 'args': [self._encode(a) for a in args]})
+
+    def __getattr__(self, op):
+        return lambda *args: self.call(op, *args)
+
+    @staticmethod
+    def _encode(value):
+        if isinstance(value, bytes):
+            return {'b': value.hex()}
+        if isinstance(value, datetime.datetime):
+            return {'dt': [value.year, value.month, value.day, value.hour, value.minute,
+                           value.second, value.microsecond]}
+        return value
+
+    def _decode(self, value):
+        from huey.constants import EmptyData
+        if isinstance(value, list):
+            return [self._decode(x) for x in value]
+        if isinstance(value, dict):
+            if 'b' in value:
+                return bytes.fromhex(value['b'])
+            if 'empty' in value:
+                return EmptyData
+            return {self._decode(k): self._decode(v) for k, v in value['map']}
+        return value
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def reference_peer():
+    """Factory for huey 3.5.4 storages in another process; skips without that venv."""
+    if not os.path.exists(REFERENCE_PYTHON):
+        pytest.skip(f'huey 3.5.4 interpreter not found at {REFERENCE_PYTHON} '
+                    '(set HUEY_REFERENCE_PYTHON)')
+    peers = []
+
+    def start(class_name, *args, **kwargs):
+        peer = ReferencePeer(class_name, *args, **kwargs)
+        assert peer.version == '3.5.4', peer.version
+        peers.append(peer)
+        return peer
+
+    yield start
+    for peer in peers:
+        peer.close()

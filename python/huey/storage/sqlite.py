@@ -58,6 +58,10 @@ def _ddl(strict_fifo):
     ]
 
 
+_SCHEMA_NAMES = {'kv', 'schedule', 'task', 'counter', 'schedule_queue_timestamp',
+                 'task_queue_priority_id'}
+
+
 class _ThreadConnection(threading.local):
     conn = None
     generation = -1
@@ -183,6 +187,11 @@ class SqliteStorage(BaseStorage):
     def initialize_schema(self):
         conn = self._create_connection()
         try:
+            # Most opens find the schema in place; checking first avoids taking the write
+            # lock (and waiting on busy writers) each time a worker process starts.
+            names = {name for name, in conn.execute('select name from sqlite_master')}
+            if _SCHEMA_NAMES <= names and 'task_priority_id' not in names:
+                return
             self._run(conn, 'begin immediate', (), 'creating tables')
             try:
                 for sql in self.ddl:
