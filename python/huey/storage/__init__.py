@@ -3,5 +3,16 @@
 from huey.storage.base import BaseStorage, BlackHoleStorage
 from huey.storage.file import FileStorage
 from huey.storage.memory import MemoryStorage
+from huey.storage.redis import (
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+)
+from huey.storage.sqlite import SqliteStorage
 
-__all__ = ['BaseStorage', 'BlackHoleStorage', 'FileStorage', 'MemoryStorage']
+__all__ = [
+    'BaseStorage', 'BlackHoleStorage', 'FileStorage', 'MemoryStorage',
+    'PriorityRedisExpireStorage', 'PriorityRedisStorage', 'RedisExpireStorage', 'RedisStorage',
+    'SqliteStorage',
+]
