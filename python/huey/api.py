@@ -35,7 +35,16 @@ from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
-from huey.storage import BlackHoleStorage, FileStorage, MemoryStorage
+from huey.storage import (
+    BlackHoleStorage,
+    FileStorage,
+    MemoryStorage,
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+    SqliteStorage,
+)
 from huey.task import PeriodicTask, Task, TaskWrapper, _signature, signature
 from huey.utils import (
     SKIPPED,
@@ -51,7 +60,8 @@ from huey.workflow import chord, group
 logger = logging.getLogger('huey')
 
 __all__ = [
-    'BlackHoleHuey', 'CancelExecution', 'FileHuey', 'ChordResult', 'ConfigurationError', 'Error',
+    'BlackHoleHuey', 'CancelExecution', 'FileHuey', 'SqliteHuey', 'RedisHuey',
+    'RedisExpireHuey', 'PriorityRedisHuey', 'PriorityRedisExpireHuey', 'ChordResult', 'ConfigurationError', 'Error',
     'Huey', 'HueyException', 'MemoryHuey', 'PeriodicTask', 'RateLimit',
     'RateLimitExceeded', 'Result', 'ResultGroup', 'ResultTimeout', 'RetryTask', 'SKIPPED',
     'Task', 'TaskException', 'TaskLock', 'TaskLockedException', 'TaskTimeout', 'TaskWrapper',
@@ -132,7 +142,7 @@ class Huey:
         if storage_class is None:
             warnings.warn('storage_class not specified when initializing huey, will default '
                           'to RedisStorage.', stacklevel=3)
-            from huey.storage import RedisStorage as storage_class
+            storage_class = RedisStorage
         return storage_class(self.name, **kwargs)
 
     @property
@@ -792,3 +802,23 @@ class MemoryHuey(Huey):
 
 class FileHuey(Huey):
     storage_class = FileStorage
+
+
+class SqliteHuey(Huey):
+    storage_class = SqliteStorage
+
+
+class RedisHuey(Huey):
+    storage_class = RedisStorage
+
+
+class RedisExpireHuey(RedisHuey):
+    storage_class = RedisExpireStorage
+
+
+class PriorityRedisHuey(RedisHuey):
+    storage_class = PriorityRedisStorage
+
+
+class PriorityRedisExpireHuey(RedisHuey):
+    storage_class = PriorityRedisExpireStorage

@@ -152,12 +152,15 @@ class _ThreadConnection(threading.local):
 class SqliteStorage(BaseStorage):
     """huey's SqliteStorage: one sqlite file, one connection per thread, WAL by default.
 
-    ``fsync=None`` leaves sqlite's ``synchronous`` setting alone (as huey 3.5.4 does); True
-    sets FULL and False sets OFF. ``strict_fifo`` makes task ids never reused (only when the
+    ``fsync=False`` (the documented default) sets ``synchronous=NORMAL``: in WAL mode a
+    commit survives any crash of the process and is synced to disk at checkpoints, without an
+    fsync per task; ``fsync=True`` sets FULL (an fsync per commit); ``fsync=None`` leaves
+    sqlite's own setting. ``strict_fifo`` makes task ids never reused (only when the
     table is created). Extra keyword arguments go to ``sqlite3.connect``.
     """
 
     priority = True
+    wakeup = True  # dequeue_wait() is woken by commits from other connections
     # Where inotify is unavailable, ``dequeue_wait`` polls ``PRAGMA data_version`` with
     # sleeps growing from the first to the second interval.
     poll_interval_min = 0.0005
@@ -169,7 +172,7 @@ class SqliteStorage(BaseStorage):
     # False makes dequeue_wait poll even where inotify is available.
     wake_on_wal_writes = True
 
-    def __init__(self, name='huey', filename='huey.db', cache_mb=8, fsync=None,
+    def __init__(self, name='huey', filename='huey.db', cache_mb=8, fsync=False,
                  journal_mode='wal', timeout=5, strict_fifo=False, create_tables=True,
                  **kwargs):
         super().__init__(name)
@@ -238,7 +241,7 @@ class SqliteStorage(BaseStorage):
             if self._cache_mb:
                 conn.execute(f'pragma cache_size={-1000 * int(self._cache_mb)}')
             if self._fsync is not None:
-                conn.execute(f'pragma synchronous={2 if self._fsync else 0}')
+                conn.execute(f'pragma synchronous={2 if self._fsync else 1}')
         except BaseException:
             conn.close()
             raise
