@@ -6,9 +6,11 @@ __version__ = '3.5.4'  # the huey API version this package reproduces
 
 from huey.api import (
     BlackHoleHuey,
+    CySqliteHuey,
     FileHuey,
     Huey,
     MemoryHuey,
+    PostgresHuey,
     PriorityRedisExpireHuey,
     PriorityRedisHuey,
     RedisExpireHuey,
@@ -22,7 +24,8 @@ from huey.exceptions import CancelExecution, RetryTask
 from huey.utils import SKIPPED, Error
 
 __all__ = [
-    'SKIPPED', 'BlackHoleHuey', 'CancelExecution', 'Error', 'FileHuey', 'Huey', 'MemoryHuey',
+    'SKIPPED', 'BlackHoleHuey', 'CancelExecution', 'CySqliteHuey', 'Error', 'FileHuey', 'Huey',
+    'MemoryHuey', 'PostgresHuey',
     'PriorityRedisExpireHuey', 'PriorityRedisHuey', 'RedisExpireHuey', 'RedisHuey', 'RetryTask',
     'SqliteHuey', 'chord', 'crontab', 'group',
 ]

@@ -37,8 +37,10 @@ from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
 from huey.storage import (
     BlackHoleStorage,
+    CySqliteStorage,
     FileStorage,
     MemoryStorage,
+    PostgresStorage,
     PriorityRedisExpireStorage,
     PriorityRedisStorage,
     RedisExpireStorage,
@@ -61,7 +63,8 @@ logger = logging.getLogger('huey')
 
 __all__ = [
     'BlackHoleHuey', 'CancelExecution', 'FileHuey', 'SqliteHuey', 'RedisHuey',
-    'RedisExpireHuey', 'PriorityRedisHuey', 'PriorityRedisExpireHuey', 'ChordResult', 'ConfigurationError', 'Error',
+    'RedisExpireHuey', 'PriorityRedisHuey', 'PriorityRedisExpireHuey', 'CySqliteHuey',
+    'PostgresHuey', 'ChordResult', 'ConfigurationError', 'Error',
     'Huey', 'HueyException', 'MemoryHuey', 'PeriodicTask', 'RateLimit',
     'RateLimitExceeded', 'Result', 'ResultGroup', 'ResultTimeout', 'RetryTask', 'SKIPPED',
     'Task', 'TaskException', 'TaskLock', 'TaskLockedException', 'TaskTimeout', 'TaskWrapper',
@@ -822,3 +825,11 @@ class PriorityRedisHuey(RedisHuey):
 
 class PriorityRedisExpireHuey(RedisHuey):
     storage_class = PriorityRedisExpireStorage
+
+
+class CySqliteHuey(Huey):
+    storage_class = CySqliteStorage
+
+
+class PostgresHuey(Huey):
+    storage_class = PostgresStorage

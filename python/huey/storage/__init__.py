@@ -3,6 +3,7 @@
 from huey.storage.base import BaseStorage, BlackHoleStorage
 from huey.storage.file import FileStorage
 from huey.storage.memory import MemoryStorage
+from huey.storage.optional import BaseSqlStorage, CySqliteStorage, PostgresStorage
 from huey.storage.redis import (
     PriorityRedisExpireStorage,
     PriorityRedisStorage,
@@ -12,7 +13,8 @@ from huey.storage.redis import (
 from huey.storage.sqlite import SqliteStorage
 
 __all__ = [
-    'BaseStorage', 'BlackHoleStorage', 'FileStorage', 'MemoryStorage',
+    'BaseSqlStorage', 'BaseStorage', 'BlackHoleStorage', 'CySqliteStorage', 'FileStorage',
+    'MemoryStorage', 'PostgresStorage',
     'PriorityRedisExpireStorage', 'PriorityRedisStorage', 'RedisExpireStorage', 'RedisStorage',
     'SqliteStorage',
 ]
