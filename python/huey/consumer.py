@@ -499,10 +499,13 @@ class Consumer:
 
         if self.environment.forks:
             self.huey.storage.close()  # children must not share the parent's connection
+        # Before any worker runs: a signal sent while they start (an on_startup hook, a
+        # quick Ctrl-C) is then handled by run()'s loop instead of raising in start().
+        # Forked workers replace these handlers with their own in init_child().
+        self._set_signal_handlers()
         self.scheduler.start()
         for _, process in self.worker_threads:
             process.start()
-        self._set_signal_handlers()
 
     def stop(self, graceful=False):
         """Set the stop flag; with ``graceful`` wait for running tasks to finish (at most
