@@ -113,6 +113,13 @@ class ConsumerProcess:
         assert match, f'{pattern!r} not seen (alive={found is not None}):\n{self.output}'
         return match
 
+    def wait_count(self, pattern, n, timeout=WAIT):
+        """Wait until ``n`` output lines match ``pattern``."""
+        with self._cond:  # a Condition's lock is reentrant: matches() may take it again
+            self._cond.wait_for(lambda: len(self.matches(pattern)) >= n
+                                or not self._reader.is_alive(), timeout)
+            assert len(self.matches(pattern)) >= n, self.output
+
     def matches(self, pattern):
         with self._cond:
             return [m for m in map(re.compile(pattern).search, self.lines) if m]
@@ -286,6 +293,18 @@ def test_signal_during_startup_is_handled_gracefully(start):
     assert consumer.wait() == 0
     assert 'Traceback' not in consumer.output
     consumer.wait_for(r'Received SIGINT')
+
+
+def test_sighup_restarts_the_consumer_in_place(start):
+    consumer = start('app.huey', '-S')
+    first = consumer.wait_for(r'worker-up (\d+)').group(1)
+    consumer.send(signal.SIGHUP)
+    consumer.wait_for(r'Consumer will restart')
+    consumer.wait_count(r'worker-up', 2)
+    assert len(consumer.matches(r'Huey consumer started')) == 2
+    assert consumer.matches(r'worker-up (\d+)')[-1].group(1) == first  # exec: same pid
+    consumer.send(signal.SIGINT)
+    assert consumer.wait() == 0
 
 
 @pytest.fixture
