@@ -149,6 +149,7 @@ class Scheduler(BaseProcess):
         self.periodic = periodic
         self._next_loop = time.monotonic()
         self._next_periodic = time.monotonic()
+        self._last_periodic_minute = None
 
     def loop(self, now=None):
         current = self._next_loop
@@ -165,11 +166,25 @@ class Scheduler(BaseProcess):
             for task in due:
                 self._enqueue(task, 'Error enqueueing %s.')
         if self.periodic and self._next_periodic <= time.monotonic():
-            # After a stall, skip the missed minutes rather than firing them all at once.
-            while self._next_periodic <= time.monotonic():
-                self._next_periodic += self.periodic_task_seconds
-            self.enqueue_periodic_tasks(now)
+            self.check_periodic(now)
         self.sleep_for_interval(current, self.interval)
+
+    def check_periodic(self, now=None):
+        """Enqueue this minute's periodic tasks, unless this minute was already checked."""
+        if now is None:
+            now = self.huey._get_timestamp()
+        minute = now.replace(second=0, microsecond=0)
+        if minute == self._last_periodic_minute:
+            # The scheduler's monotonic clock says a minute has passed but the wall clock
+            # has not left the minute it last checked (loop jitter, a slewed clock).
+            # Firing now would run those tasks twice and skip the next minute; retry on
+            # the next pass instead, which also realigns the checks to the minute boundary.
+            return
+        self._last_periodic_minute = minute
+        # After a stall, skip the missed minutes rather than firing them all at once.
+        while self._next_periodic <= time.monotonic():
+            self._next_periodic += self.periodic_task_seconds
+        self.enqueue_periodic_tasks(now)
 
     def _enqueue(self, task, error_message):
         self._logger.debug('Enqueueing %s', task)
@@ -498,12 +513,15 @@ class Consumer:
 
         if self.environment.forks:
             self.huey.storage.close()  # children must not share the parent's connection
+        # Before any worker runs: a signal sent while they start (an on_startup hook, a
+        # quick Ctrl-C) is then handled by run()'s loop instead of raising in start().
+        # Forked workers replace these handlers with their own in init_child().
+        self._set_signal_handlers()
         self.scheduler.start()
         for _, process in self.worker_threads:
             process.start()
         if isinstance(self.environment, ThreadEnvironment):
             atexit.register(self._join_at_exit)
-        self._set_signal_handlers()
 
     def _join_at_exit(self):
         procs = [p for _, p in self.worker_threads] + [self.scheduler]
