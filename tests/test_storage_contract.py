@@ -39,8 +39,9 @@ FACTORIES = {
 if hasattr(huey.storage, 'MemoryStorage'):
     FACTORIES['memory'] = lambda request, tmp_path, name: huey.storage.MemoryStorage(name)
 if hasattr(huey.storage, 'FileStorage'):
+    # As in huey, a FileStorage's data is its directory (the name does not partition it).
     FACTORIES['file'] = lambda request, tmp_path, name: huey.storage.FileStorage(
-        name, str(tmp_path / 'files'))
+        name, str(tmp_path / f'files-{name}'))
 
 
 @pytest.fixture(params=sorted(FACTORIES))
