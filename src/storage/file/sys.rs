@@ -258,7 +258,8 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
-/// Remove every file under `dir` (recursively) whose name `keep` rejects; directories stay.
+/// Remove every file under `dir` (recursively) whose name `keep` rejects, then the emptied
+/// subdirectories; `dir` itself stays.
 pub fn remove_files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -270,6 +271,9 @@ pub fn remove_files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
         let path = entry.path();
         if entry.file_type().on(&path)?.is_dir() {
             remove_files(&path, keep)?;
+            // Emptied subdirectories go too (huey leaves a flushed store empty); one that
+            // another process has written into meanwhile stays.
+            let _ = fs::remove_dir(&path);
         } else if !keep(&entry.file_name().to_string_lossy()) {
             remove_if_exists(&path)?;
         }
