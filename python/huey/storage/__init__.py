@@ -4,6 +4,7 @@ from huey.storage.base import BaseStorage, BlackHoleStorage
 from huey.storage.file import FileStorage
 from huey.storage.memory import MemoryStorage
 from huey.storage.optional import BaseSqlStorage, CySqliteStorage, PostgresStorage
+from huey.storage.optional import cysqlite, psycopg  # noqa: F401 (huey exposes these)
 from huey.storage.redis import (
     PriorityRedisExpireStorage,
     PriorityRedisStorage,

@@ -24,6 +24,7 @@ this one is safe and fast for many producer and consumer processes on one direct
 with a mutex and no ``flock`` is taken. ``fsync=True`` also survives power loss.
 """
 
+import hashlib
 import os
 
 from huey._native import FileStore
@@ -51,6 +52,13 @@ class FileStorage(BaseStorage):
         self.result_path = os.path.join(self.path, 'results')
         self.counter_path = os.path.join(self.path, 'counters')
         self._store = FileStore(self.path, levels, use_thread_lock, fsync)
+
+    def path_for_key(self, key):
+        """The file holding the result stored under ``key`` (huey's layout)."""
+        if isinstance(key, str):
+            key = key.encode('utf8')
+        checksum = hashlib.md5(key).hexdigest()
+        return os.path.join(self.result_path, *checksum[:self.levels], checksum)
 
     def enqueue(self, data, priority=None):
         self._store.enqueue(data, int(priority or 0))
