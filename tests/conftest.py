@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -145,7 +146,29 @@ def redis_server_factory():
 
 # huey 3.5.4 as a peer process ---------------------------------------------------------------
 
-REFERENCE_PYTHON = os.environ.get('HUEY_REFERENCE_PYTHON', '/work/ref-venv/bin/python')
+REFERENCE_VENV = os.path.join(os.path.expanduser('~'), '.cache', 'huey-rs', 'huey-3.5.4-venv')
+
+
+def reference_python():
+    """An interpreter with huey 3.5.4 from PyPI: $HUEY_REFERENCE_PYTHON, or a virtualenv
+    built once under ~/.cache/huey-rs and reused by later runs."""
+    configured = os.environ.get('HUEY_REFERENCE_PYTHON')
+    if configured:
+        return configured
+    python = os.path.join(REFERENCE_VENV, 'bin', 'python')
+    marker = os.path.join(REFERENCE_VENV, '.complete')
+    if not os.path.exists(marker):
+        import fcntl
+        os.makedirs(os.path.dirname(REFERENCE_VENV), exist_ok=True)
+        with open(REFERENCE_VENV + '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder when test processes race
+            if not os.path.exists(marker):
+                subprocess.run([sys.executable, '-m', 'venv', '--clear', REFERENCE_VENV],
+                               check=True)
+                subprocess.run([python, '-m', 'pip', 'install', '-q', 'huey==3.5.4',
+                                'redis'], check=True)
+                open(marker, 'w').close()
+    return python
 
 # Runs under the reference interpreter: builds one huey 3.5.4 storage, then executes storage
 # calls read as JSON lines from stdin (bytes as {"b": hex}, naive datetimes as {"dt": [...]}).
@@ -191,7 +214,7 @@ class ReferencePeer:
 
     def __init__(self, class_name, *args, **kwargs):
         self.process = subprocess.Popen(
-            [REFERENCE_PYTHON, '-I', '-c', _PEER_SCRIPT], stdin=subprocess.PIPE,
+            [reference_python(), '-I', '-c', _PEER_SCRIPT], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, bufsize=1)
         self.version = self._send({'class': class_name, 'args': args, 'kwargs': kwargs})
 
@@ -240,10 +263,7 @@ class ReferencePeer:
 
 @pytest.fixture
 def reference_peer():
-    """Factory for huey 3.5.4 storages in another process; skips without that venv."""
-    if not os.path.exists(REFERENCE_PYTHON):
-        pytest.skip(f'huey 3.5.4 interpreter not found at {REFERENCE_PYTHON} '
-                    '(set HUEY_REFERENCE_PYTHON)')
+    """Factory for huey 3.5.4 storages in another process."""
     peers = []
 
     def start(class_name, *args, **kwargs):
