@@ -8,6 +8,7 @@ mod errors;
 pub mod framing;
 pub mod schedule;
 pub mod storage;
+pub mod task;
 mod zlib;
 
 #[pymodule]
@@ -17,5 +18,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     schedule::register(m)?;
     storage::memory::register(m)?;
     storage::file::register(m)?;
+    task::register(m)?;
     Ok(())
 }

@@ -7,7 +7,13 @@ from typing import Any, Optional, Union, final
 from typing_extensions import disjoint_base
 
 __all__ = [
-    "Crontab", "FileStore", "Framing", "MemoryStorage", "derive_signing_key", "signature"
+    "Crontab",
+    "FileStore",
+    "Framing",
+    "MemoryStorage",
+    "derive_signing_key",
+    "new_task_id",
+    "signature",
 ]
 
 @final
@@ -45,6 +51,8 @@ class Framing:
 
 def derive_signing_key(secret: bytes, salt: bytes) -> bytes: ...
 def signature(key: bytes, message: bytes) -> bytes: ...
+def new_task_id() -> str:
+    """A random version-4 UUID string (like ``str(uuid.uuid4())``)."""
 
 _Key = Union[str, bytes]
 

@@ -23,6 +23,7 @@ class Registry:
     def __init__(self):
         self._registry = {}
         self._periodic_tasks = []
+        self._names = {}  # task class -> registered name, for the per-message lookup
 
     def task_to_string(self, task_class):
         return f'{task_class.__module__}.{task_class.__name__}'
@@ -34,6 +35,7 @@ class Registry:
                              f'existing task. Specify a different name= to register this '
                              f'task. "{name}"')
         self._registry[name] = task_class
+        self._names[task_class] = name
         if hasattr(task_class, 'validate_datetime'):
             self._periodic_tasks.append(task_class)
         return True
@@ -42,6 +44,7 @@ class Registry:
         name = self.task_to_string(task_class)
         if self._registry.pop(name, None) is None:
             return False
+        self._names.pop(task_class, None)
         self._periodic_tasks = [t for t in self._periodic_tasks if t is not task_class]
         return True
 
@@ -52,9 +55,9 @@ class Registry:
             raise HueyException(f'{name} not found in TaskRegistry') from None
 
     def create_message(self, task):
-        name = self.task_to_string(type(task))
-        if name not in self._registry:
-            raise HueyException(f'{name} not found in TaskRegistry')
+        name = self._names.get(type(task))
+        if name is None:
+            raise HueyException(f'{self.task_to_string(type(task))} not found in TaskRegistry')
         kwargs = task.kwargs
         if kwargs and kwargs.get('task') is task:
             kwargs.pop('task')  # an injected context-task instance is never serialized

@@ -28,10 +28,11 @@ ALL_SIGNALS = frozenset((
 class Signal:
     """Receivers per signal name; ``'any'`` receivers hear every signal."""
 
-    __slots__ = ('receivers',)
+    __slots__ = ('receivers', 'active')
 
     def __init__(self):
         self.receivers = {'any': []}
+        self.active = False  # any receiver connected? (lets send() return at once)
 
     def connect(self, receiver, *signals):
         if not callable(receiver):
@@ -41,6 +42,7 @@ class Signal:
                 raise ValueError(f'unknown signal {name!r}; expected one of '
                                  f'{", ".join(sorted(ALL_SIGNALS))}')
             self.receivers.setdefault(name, []).append(receiver)
+        self.active = True
 
     def disconnect(self, receiver, *signals):
         for name in signals or list(self.receivers):
@@ -48,11 +50,14 @@ class Signal:
                 self.receivers.get(name, []).remove(receiver)
             except ValueError:
                 pass
+        self.active = self.has_receivers()
 
     def has_receivers(self):
         return any(self.receivers.values())
 
     def send(self, signal, task, *args, **kwargs):
+        if not self.active:
+            return
         specific = self.receivers.get(signal)
         for group in (specific, self.receivers['any']):
             if not group:

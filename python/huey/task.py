@@ -4,8 +4,8 @@ function users call to enqueue)."""
 import datetime
 import inspect
 import time
-import uuid
 
+from huey._native import new_task_id
 from huey.exceptions import ConfigurationError, TaskTimeout
 from huey.result import ResultGroup
 from huey.utils import normalize_expire_time, normalize_time
@@ -80,7 +80,7 @@ class Task:
         return self.id == other.id and self.eta == other.eta and type(self) is type(other)
 
     def create_id(self):
-        return str(uuid.uuid4())
+        return new_task_id()  # str(uuid.uuid4()), minus the UUID object
 
     def resolve_expires(self, utc=True):
         """Turn a relative ``expires`` into an absolute time, once, when enqueued."""
