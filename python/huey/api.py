@@ -456,15 +456,16 @@ class Huey:
         except _Interrupted:
             return None
 
-        # A revocation made while this run was in progress applies to this run only.
-        # (Expiring storages implement pop_data as a peek.)
+        # A revocation made while this run was in progress applies to this run only, so the
+        # flag is deleted now (together with storing the result where that saves a round
+        # trip). Expiring storages implement pop_data as a peek, hence a delete.
         periodic = isinstance(task, PeriodicTask)
-        if not periodic:
-            self.delete(task.revoke_id)
         store = self.results and not periodic
         if exception is None:
-            self._finish_success(task, value, store)
+            self._finish_success(task, value, store, periodic)
         else:
+            if not periodic:
+                self.delete(task.revoke_id)
             self._finish_failure(task, value, exception, retry_eta, store)
         return value
 
@@ -528,9 +529,16 @@ class Huey:
         logger.info('%s executed in %0.3fs', task, time.monotonic() - start)
         return value, None, None
 
-    def _finish_success(self, task, value, store):
+    def _finish_success(self, task, value, store, periodic):
         if store and (value is not None or self.store_none):
-            self.put_result(task.id, value)
+            if type(self).put_result is Huey.put_result:
+                self.storage.delete_and_put(task.revoke_id, task.id,
+                                            self.serializer.serialize(value), is_result=True)
+            else:  # a subclass customises how results are stored
+                self.delete(task.revoke_id)
+                self.put_result(task.id, value)
+        elif not periodic:
+            self.delete(task.revoke_id)
         self._run_post_execute(task, value, None)
         self._emit(S.SIGNAL_COMPLETE, task)
         if task.on_complete:

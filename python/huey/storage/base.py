@@ -100,6 +100,12 @@ class BaseStorage:
     def delete_data(self, key):
         return self.pop_data(key) is not EmptyData
 
+    def delete_and_put(self, delete_key, key, value, is_result=False):
+        """``delete_data(delete_key)`` then ``put_data(key, value, is_result)``; storages
+        with round trips do both in one (the consumer stores a result this way)."""
+        self.delete_data(delete_key)
+        self.put_data(key, value, is_result)
+
     def has_data_for_key(self, key):
         raise NotImplementedError
 

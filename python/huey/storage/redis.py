@@ -253,6 +253,14 @@ class RedisStorage(BaseStorage):
         else:
             self.conn.hset(self.result_key, key, value)
 
+    def delete_and_put(self, delete_key, key, value, is_result=False):
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hdel(self.result_key, delete_key)
+        pipe.hset(self.result_key, key, value)
+        if is_result and self.notify_result:
+            self._queue_notify(pipe, key)
+        pipe.execute()
+
     def peek_data(self, key):
         value = self.conn.hget(self.result_key, key)
         return EmptyData if value is None else value
@@ -358,6 +366,14 @@ class RedisExpireStorage(RedisStorage):
             pipe.execute()
         else:
             self.conn.set(self.result_key(key), value, ex=self._expire_time)
+
+    def delete_and_put(self, delete_key, key, value, is_result=False):
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.delete(self.result_key(delete_key))
+        pipe.set(self.result_key(key), value, ex=self._expire_time if is_result else None)
+        if is_result and self.notify_result:
+            self._queue_notify(pipe, key)
+        pipe.execute()
 
     def peek_data(self, key):
         value = self.conn.get(self.result_key(key))
