@@ -173,6 +173,15 @@ def test_results(storage):
     assert storage.result_items() == {}
 
 
+def test_delete_and_put(storage):
+    storage.put_data('r:task', b'revoked')
+    storage.delete_and_put('r:task', 'task', b'result', is_result=True)
+    assert not storage.has_data_for_key('r:task')
+    assert storage.peek_data('task') == b'result'
+    storage.delete_and_put('never-set', 'task', b'again', is_result=True)
+    assert storage.peek_data('task') == b'again'
+
+
 def test_put_if_empty(storage):
     assert storage.put_if_empty('lock', b'first')
     assert not storage.put_if_empty('lock', b'second')
