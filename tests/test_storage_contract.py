@@ -173,6 +173,17 @@ def test_results(storage):
     assert storage.result_items() == {}
 
 
+def test_enqueue_many_keeps_order(storage):
+    items = [(b'm%d' % i, None) for i in range(700)]
+    if hasattr(storage, 'enqueue_many'):
+        storage.enqueue_many(items)
+    else:
+        for data, priority in items:
+            storage.enqueue(data, priority)
+    assert storage.queue_size() == 700
+    assert [storage.dequeue() for _ in range(700)] == [data for data, _ in items]
+
+
 def test_delete_and_put(storage):
     storage.put_data('r:task', b'revoked')
     storage.delete_and_put('r:task', 'task', b'result', is_result=True)

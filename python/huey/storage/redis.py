@@ -147,6 +147,13 @@ class RedisStorage(BaseStorage):
             raise NotImplementedError('Task priorities are not supported by this storage.')
         self.conn.lpush(self.queue_key, data)
 
+    def enqueue_many(self, items):
+        """Enqueue ``(data, priority)`` pairs in order, with one LPUSH."""
+        if any(priority for _, priority in items):
+            raise NotImplementedError('Task priorities are not supported by this storage.')
+        if items:
+            self.conn.lpush(self.queue_key, *(data for data, _ in items))
+
     def dequeue(self):
         # Connection errors propagate (as in huey): the worker logs them and backs off.
         if self.blocking:
@@ -458,6 +465,13 @@ class RedisPriorityQueue:
     def enqueue(self, data, priority=None):
         score = 0 if priority is None else -priority
         self.conn.zadd(self.queue_key, {self._member(data): score})
+
+    def enqueue_many(self, items):
+        """Enqueue ``(data, priority)`` pairs in order, with one ZADD."""
+        if items:
+            self.conn.zadd(self.queue_key, {
+                self._member(data): 0 if priority is None else -priority
+                for data, priority in items})
 
     def dequeue(self):
         try:
