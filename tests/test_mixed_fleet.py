@@ -101,6 +101,13 @@ def grab_lock(name):
 
 
 @huey.task()
+def meet(mine, theirs):
+    """Returns only once the partner task has started, so it cannot run in this worker."""
+    huey.put_result(mine, huey_package.__file__)
+    return [huey_package.__file__, huey.result(theirs, blocking=True, timeout=20)]
+
+
+@huey.task()
 def total(values):
     return sum(values)
 
@@ -255,6 +262,16 @@ def workflows():
     }
 
 
+def pair():
+    """Two consumers, one of each package, with one worker each, on one queue."""
+    first = app.meet(f'{os.getpid()}-a', f'{os.getpid()}-b')
+    second = app.meet(f'{os.getpid()}-b', f'{os.getpid()}-a')
+    more = [app.add(i, i) for i in range(10)]
+    return {'met': [first.get(blocking=True, timeout=WAIT),
+                    second.get(blocking=True, timeout=WAIT)],
+            'more': [r.get(blocking=True, timeout=WAIT) for r in more]}
+
+
 def ordered():
     """Enqueued while no consumer runs; the test starts one worker after 'enqueued'."""
     revoked_once = app.record('revoked once', priority=20)
@@ -370,8 +387,8 @@ class Fleet:
         return {**self.base_env, 'FLEET_NAME': name, 'FLEET_REDIS_CLASS': redis_class,
                 'FLEET_LOG': str(self.workdir / f'{name}.log')}
 
-    def start_consumer(self, env, workers):
-        consumer = Consumer(self.consumer_python, self.workdir, env, workers,
+    def start_consumer(self, env, workers, python=None):
+        consumer = Consumer(python or self.consumer_python, self.workdir, env, workers,
                             f'consumer-{env["FLEET_NAME"]}-{len(self.consumers)}.out')
         self.consumers.append(consumer)
         return consumer
@@ -539,3 +556,21 @@ def test_priorities_and_revocations_with_the_consumer_stopped(fleet):
     assert out['flags_after'] == {'once': False, 'always': True, 'by_id': True,
                                   'until_later': True, 'lapsed': False, 'by_class': True}
     assert out['restored'] == 'restored'
+
+
+def test_one_queue_two_consumers_one_of_each(fleet, reference_huey_file):
+    """A real mixed fleet: each consumer's one worker holds a task that waits for the other
+    task to start, so each package runs one of them (and both drain the rest)."""
+    env = fleet.env('fleet-pair')
+    consumers = [fleet.start_consumer(env, workers=1),
+                 fleet.start_consumer(env, workers=1, python=fleet.producer_python)]
+    try:
+        out = fleet.produce('pair', env)
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+    packages = {huey_package.__file__, reference_huey_file}
+    (mine_a, partner_a), (mine_b, partner_b) = out['met']
+    assert {mine_a, mine_b} == packages
+    assert (partner_a, partner_b) == (mine_b, mine_a)
+    assert out['more'] == [2 * i for i in range(10)]
