@@ -1,0 +1,487 @@
+"""Redis storages: RedisStorage, RedisExpireStorage and their priority-queue variants.
+
+The keys and data structures are huey 3.5.4's, so huey 3.5.4 and huey-rs processes can share
+one Redis. ``{name}`` is the storage name with everything but ``[A-Za-z0-9_]`` removed
+(unless ``clean_name=False``)::
+
+    huey.redis.{name}        LIST   queue: LPUSH to enqueue, BRPOP/RPOP to dequeue
+                             ZSET   (priority storages) member = 8-byte big-endian enqueue time
+                                    in microseconds + data, score = -priority; BZPOPMIN/ZPOPMIN
+    huey.schedule.{name}     ZSET   member = data, score = eta as a unix timestamp
+                                    (``time.mktime`` of the naive datetime + microseconds)
+    huey.results.{name}      HASH   key -> value                (RedisStorage)
+    huey.counters.{name}     HASH   key -> integer              (RedisStorage)
+    huey.r.{name}.{key}      STRING value, TTL for results       (RedisExpireStorage)
+    huey.c.{name}.{key}      STRING integer, TTL expire_time     (RedisExpireStorage)
+    huey.notify.{name}.{key} LIST   one b'1' pushed when a result is stored (notify_result)
+
+Every operation is one round trip; due schedule entries are popped atomically by a Lua script.
+"""
+
+import logging
+import math
+import re
+import struct
+import time
+from functools import cached_property
+
+from huey.constants import EmptyData
+from huey.exceptions import ConfigurationError
+from huey.storage.base import BaseStorage
+
+try:
+    from redis import ConnectionPool, Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError:  # The Redis storages are optional; huey works without redis-py.
+    ConnectionPool = Redis = None
+    RedisConnectionError = RedisTimeoutError = ResponseError = None
+
+logger = logging.getLogger('huey.storage.redis')
+
+# Pops every schedule entry whose score is <= ARGV[1], in score order, in one atomic step.
+SCHEDULE_POP_LUA = """\
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #due > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1)
+end
+return due
+"""
+
+# Backoff between reconnection attempts in dequeue_wait while the server is unreachable.
+_RETRY_MIN = 0.05
+_RETRY_MAX = 2.0
+
+
+def _text(key):
+    return key.decode('utf8') if isinstance(key, bytes) else key
+
+
+def _glob_escape(prefix):
+    return re.sub(rb'([*?\[\]\\])', rb'\\\1', prefix)
+
+
+class RedisStorage(BaseStorage):
+    """Queue in a Redis list, results and counters in two hashes, schedule in a sorted set."""
+
+    priority = False  # PriorityRedisStorage supports priorities (Redis >= 5).
+    redis_client = Redis
+
+    def __init__(self, name='huey', blocking=True, read_timeout=1, connection_pool=None,
+                 url=None, client_name=None, notify_result=False, notify_result_ttl=60,
+                 clean_name=True, **connection_params):
+        if Redis is None:
+            raise ConfigurationError('"redis" python module not found, cannot use Redis '
+                                     'storage backend. Run "pip install redis" to install.')
+        for param in ('host', 'port', 'db'):
+            if param in connection_params and connection_params[param] is None:
+                del connection_params[param]
+        if sum(1 for given in (url, connection_pool, connection_params) if given) > 1:
+            raise ConfigurationError(
+                'The connection configuration is over-determined. Please specify only one '
+                'of the following: "url", "connection_pool", or "connection_params"')
+        if url:
+            connection_pool = ConnectionPool.from_url(url)
+        elif connection_pool is None:
+            connection_pool = ConnectionPool(**connection_params)
+
+        self.pool = connection_pool
+        self.conn = self.redis_client(connection_pool=connection_pool)
+        self.connection_params = connection_params
+        self._pop = self.conn.register_script(SCHEDULE_POP_LUA)
+
+        self.name = self.clean_name(name) if clean_name else name
+        self.queue_key = f'huey.redis.{self.name}'
+        self.schedule_key = f'huey.schedule.{self.name}'
+        self.result_key = f'huey.results.{self.name}'
+        self.counter_key = f'huey.counters.{self.name}'
+        self.notify_prefix = f'huey.notify.{self.name}.'
+        self.notify_result = notify_result
+        self.notify_result_ttl = notify_result_ttl
+        self.blocking = blocking
+        self.read_timeout = read_timeout
+        self._integer_timeouts = False  # Set when the server rejects fractional timeouts.
+        self._failures = 0  # Consecutive connection failures seen by dequeue_wait.
+
+        if client_name is not None:
+            self.conn.client_setname(client_name)
+
+    def clean_name(self, name):
+        return re.sub('[^A-Za-z0-9_]', '', name)
+
+    def convert_ts(self, ts):
+        return time.mktime(ts.timetuple()) + ts.microsecond * 1e-6
+
+    @cached_property
+    def supports_hash_ttl(self):
+        # HEXPIRE arrived in redis 7.4 and valkey 9 (which reports redis_version 7.2).
+        if not hasattr(self.conn, 'hexpire'):
+            return False
+        info = self.conn.info('server')
+        for field, minimum in (('redis_version', (7, 4)), ('valkey_version', (9,))):
+            try:
+                version = tuple(int(part) for part in str(info[field]).split('.')[:2])
+            except (KeyError, ValueError):
+                continue
+            if version >= minimum:
+                return True
+        return False
+
+    @property
+    def server_address(self):
+        """``host:port`` (or the socket path) this storage connects to, for messages."""
+        kwargs = self.pool.connection_kwargs
+        if 'path' in kwargs:
+            return kwargs['path']
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+    def close(self):
+        # Idle connections only: a forked worker must not share sockets with its parent.
+        self.pool.disconnect(inuse_connections=False)
+
+    # Queue -------------------------------------------------------------------------------
+
+    def enqueue(self, data, priority=None):
+        if priority:
+            raise NotImplementedError('Task priorities are not supported by this storage.')
+        self.conn.lpush(self.queue_key, data)
+
+    def dequeue(self):
+        # Connection errors propagate (as in huey): the worker logs them and backs off.
+        if self.blocking:
+            try:
+                return self.conn.brpop(self.queue_key, timeout=self.read_timeout)[1]
+            except (RedisTimeoutError, TypeError, IndexError):
+                return None  # BRPOP timed out: the queue is empty.
+        return self.conn.rpop(self.queue_key)
+
+    def _pop_blocking(self, timeout):
+        """One blocking pop of up to ``timeout`` seconds; None when nothing arrived."""
+        item = self.conn.brpop(self.queue_key, timeout=timeout)
+        return None if item is None else item[1]
+
+    def _pop_now(self):
+        return self.conn.rpop(self.queue_key)
+
+    def dequeue_wait(self, timeout):
+        """Pop the next message, blocking on the server for up to ``timeout`` seconds.
+
+        Connection errors are logged and retried with exponential backoff until the
+        timeout passes (then None is returned), so a Redis restart does not crash a worker.
+        """
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    data = self._pop_now()
+                else:
+                    data = self._pop_blocking(self._server_timeout(remaining))
+            except RedisTimeoutError:
+                return None  # A socket timeout shorter than the wait: nothing arrived.
+            except RedisConnectionError as exc:
+                self._failures += 1
+                delay = min(_RETRY_MIN * 2 ** (self._failures - 1), _RETRY_MAX)
+                logger.warning('Redis at %s unreachable while dequeueing (attempt %d): %s; '
+                               'retrying in %.2fs', self.server_address, self._failures, exc,
+                               delay)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                time.sleep(min(delay, remaining))
+                continue
+            except ResponseError as exc:
+                if self._integer_timeouts or 'timeout' not in str(exc):
+                    raise
+                self._integer_timeouts = True  # Redis < 6 takes whole seconds only.
+                continue
+            if self._failures:
+                logger.info('Redis at %s reachable again', self.server_address)
+                self._failures = 0
+            return data
+
+    def _server_timeout(self, seconds):
+        if self._integer_timeouts:
+            return max(1, math.ceil(seconds))
+        # 0 means "forever" to Redis, so never round a short wait down to it.
+        return max(round(seconds, 3), 0.001)
+
+    def queue_size(self):
+        return self.conn.llen(self.queue_key)
+
+    def enqueued_items(self, limit=None):
+        if limit:
+            # The next ``limit`` messages to be dequeued sit at the list's tail.
+            return self.conn.lrange(self.queue_key, -limit, -1)[::-1]
+        return self.conn.lrange(self.queue_key, 0, -1)[::-1]
+
+    def flush_queue(self):
+        self.conn.delete(self.queue_key)
+
+    # Schedule ----------------------------------------------------------------------------
+
+    def add_to_schedule(self, data, ts):
+        self.conn.zadd(self.schedule_key, {data: self.convert_ts(ts)})
+
+    def read_schedule(self, ts):
+        due = self._pop(keys=[self.schedule_key], args=[self.convert_ts(ts)])
+        return [] if due is None else due
+
+    def schedule_size(self):
+        return self.conn.zcard(self.schedule_key)
+
+    def scheduled_items(self, limit=None):
+        return self.conn.zrange(self.schedule_key, 0, limit - 1 if limit else -1)
+
+    def flush_schedule(self):
+        self.conn.delete(self.schedule_key)
+
+    # Results -----------------------------------------------------------------------------
+
+    def _queue_notify(self, pipe, key):
+        notify_key = self.notify_prefix + _text(key)
+        pipe.lpush(notify_key, b'1')
+        pipe.expire(notify_key, self.notify_result_ttl)
+
+    def put_data(self, key, value, is_result=False):
+        if is_result and self.notify_result:
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.hset(self.result_key, key, value)
+            self._queue_notify(pipe, key)
+            pipe.execute()
+        else:
+            self.conn.hset(self.result_key, key, value)
+
+    def peek_data(self, key):
+        value = self.conn.hget(self.result_key, key)
+        return EmptyData if value is None else value
+
+    def peek_many(self, keys):
+        keys = list(keys)
+        if not keys:
+            return {}
+        values = self.conn.hmget(self.result_key, keys)
+        return {k: v for k, v in zip(keys, values) if v is not None}
+
+    def pop_data(self, key):
+        pipe = self.conn.pipeline()
+        pipe.hget(self.result_key, key)
+        pipe.hdel(self.result_key, key)
+        value, _ = pipe.execute()
+        return EmptyData if value is None else value
+
+    def delete_data(self, key):
+        return self.conn.hdel(self.result_key, key) != 0
+
+    def has_data_for_key(self, key):
+        return bool(self.conn.hexists(self.result_key, key))
+
+    def wait_result(self, key, timeout=None, backoff=1.15, max_delay=1.0):
+        """With ``notify_result`` block on the key's notify list instead of polling."""
+        if not self.notify_result:
+            return super().wait_result(key, timeout, backoff, max_delay)
+        if self.has_data_for_key(key):
+            return True
+        notify_key = self.notify_prefix + _text(key)
+        try:
+            woken = self.conn.blpop(notify_key, timeout=timeout or 0)
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
+        if woken is not None:
+            self.conn.delete(notify_key)
+            return True
+        return self.has_data_for_key(key)
+
+    def put_if_empty(self, key, value, ttl=None):
+        if ttl is not None and not self.supports_hash_ttl:
+            raise NotImplementedError('ttl requires hash-field TTL support '
+                                      '(redis 7.4+ or valkey 9+).')
+        if not self.conn.hsetnx(self.result_key, key, value):
+            return False
+        if ttl is not None:
+            self.conn.hexpire(self.result_key, ttl, key)
+        return True
+
+    def result_store_size(self):
+        return self.conn.hlen(self.result_key)
+
+    def result_items(self):
+        return {_text(k): v for k, v in self.conn.hgetall(self.result_key).items()}
+
+    def flush_results(self):
+        self.conn.delete(self.result_key)
+
+    # Counters ----------------------------------------------------------------------------
+
+    def incr(self, key, amount=1):
+        return self.conn.hincrby(self.counter_key, key, amount)
+
+    def delete_counter(self, key):
+        self.conn.hdel(self.counter_key, key)
+
+    def flush_counters(self):
+        self.conn.delete(self.counter_key)
+
+
+class RedisExpireStorage(RedisStorage):
+    """Results and counters as plain keys with a TTL, so unread results expire by themselves.
+
+    Reads are not destructive (``pop_data`` is ``peek_data``): Redis removes results when
+    ``expire_time`` passes. Values stored with ``is_result=False`` (revocations, locks)
+    never expire.
+    """
+
+    def __init__(self, name='huey', expire_time=86400, *args, **kwargs):
+        super().__init__(name, *args, **kwargs)
+        # RedisStorage set result_key/counter_key to hash names; here they are the methods
+        # below that build one key per entry.
+        del self.result_key, self.counter_key
+        self._expire_time = expire_time
+        self.result_prefix = b'huey.r.%s.' % self.name.encode('utf8')
+        self.counter_prefix = b'huey.c.%s.' % self.name.encode('utf8')
+
+    def result_key(self, key):
+        return self.result_prefix + (key if isinstance(key, bytes) else key.encode('utf8'))
+
+    def counter_key(self, key):
+        return self.counter_prefix + (key if isinstance(key, bytes) else key.encode('utf8'))
+
+    def put_data(self, key, value, is_result=False):
+        if not is_result:
+            self.conn.set(self.result_key(key), value)
+            return
+        if self.notify_result:
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.set(self.result_key(key), value, ex=self._expire_time)
+            self._queue_notify(pipe, key)
+            pipe.execute()
+        else:
+            self.conn.set(self.result_key(key), value, ex=self._expire_time)
+
+    def peek_data(self, key):
+        value = self.conn.get(self.result_key(key))
+        return EmptyData if value is None else value
+
+    def peek_many(self, keys):
+        keys = list(keys)
+        if not keys:
+            return {}
+        values = self.conn.mget([self.result_key(k) for k in keys])
+        return {k: v for k, v in zip(keys, values) if v is not None}
+
+    pop_data = peek_data  # Expiry, not reading, removes results.
+
+    def delete_data(self, key):
+        return self.conn.delete(self.result_key(key)) != 0
+
+    def has_data_for_key(self, key):
+        return self.conn.exists(self.result_key(key)) != 0
+
+    def put_if_empty(self, key, value, ttl=None):
+        return bool(self.conn.set(self.result_key(key), value, nx=True, ex=ttl))
+
+    def incr(self, key, amount=1):
+        pipe = self.conn.pipeline()
+        pipe.incr(self.counter_key(key), amount)
+        pipe.expire(self.counter_key(key), self._expire_time)
+        return pipe.execute()[0]
+
+    def delete_counter(self, key):
+        self.conn.delete(self.counter_key(key))
+
+    def _keys(self, prefix):
+        return list(self.conn.scan_iter(match=_glob_escape(prefix) + b'*', count=1000))
+
+    def result_store_size(self):
+        return len(self._keys(self.result_prefix))
+
+    def result_items(self):
+        keys = self._keys(self.result_prefix)
+        if not keys:
+            return {}
+        start = len(self.result_prefix)
+        return {k[start:].decode('utf8'): v
+                for k, v in zip(keys, self.conn.mget(keys)) if v is not None}
+
+    def flush_results(self):
+        keys = self._keys(self.result_prefix)
+        if keys:
+            self.conn.delete(*keys)
+
+    def flush_counters(self):
+        keys = self._keys(self.counter_prefix)
+        if keys:
+            self.conn.delete(*keys)
+
+
+class RedisPriorityQueue:
+    """Mixin: the queue as a sorted set so higher priorities are dequeued first (Redis >= 5).
+
+    Members are prefixed with the enqueue time in microseconds (8 bytes, big-endian), so
+    equal priorities dequeue in FIFO order and equal payloads stay distinct members.
+    """
+
+    priority = True
+    _last_prefix = 0
+
+    def _member(self, data):
+        # Strictly increasing within this process, so two identical payloads enqueued in the
+        # same microsecond never collapse into one member.
+        stamp = max(int(time.time() * 1e6), self._last_prefix + 1)
+        self._last_prefix = stamp
+        return struct.pack('>Q', stamp) + data
+
+    def _needs_redis_5(self, exc):
+        if 'unknown command' not in str(exc).lower():
+            raise exc
+        raise ConfigurationError(
+            f'{type(self).__name__} needs Redis >= 5.0 (ZPOPMIN/BZPOPMIN); the server at '
+            f'{self.server_address} does not support them: {exc}') from exc
+
+    def enqueue(self, data, priority=None):
+        score = 0 if priority is None else -priority
+        self.conn.zadd(self.queue_key, {self._member(data): score})
+
+    def dequeue(self):
+        try:
+            if self.blocking:
+                try:
+                    item = self.conn.bzpopmin(self.queue_key, timeout=self.read_timeout)
+                except RedisTimeoutError:
+                    return None
+                return None if item is None else item[1][8:]
+            return self._pop_now()
+        except ResponseError as exc:
+            self._needs_redis_5(exc)
+
+    def _pop_blocking(self, timeout):
+        try:
+            item = self.conn.bzpopmin(self.queue_key, timeout=timeout)
+        except ResponseError as exc:
+            if 'timeout' in str(exc):
+                raise
+            self._needs_redis_5(exc)
+        return None if item is None else item[1][8:]
+
+    def _pop_now(self):
+        try:
+            items = self.conn.zpopmin(self.queue_key, count=1)
+        except ResponseError as exc:
+            self._needs_redis_5(exc)
+        return items[0][0][8:] if items else None
+
+    def queue_size(self):
+        return self.conn.zcard(self.queue_key)
+
+    def enqueued_items(self, limit=None):
+        members = self.conn.zrange(self.queue_key, 0, limit - 1 if limit else -1)
+        return [member[8:] for member in members]
+
+
+class PriorityRedisStorage(RedisPriorityQueue, RedisStorage):
+    """RedisStorage with task priorities (sorted-set queue)."""
+
+
+class PriorityRedisExpireStorage(RedisPriorityQueue, RedisExpireStorage):
+    """RedisExpireStorage with task priorities (sorted-set queue)."""

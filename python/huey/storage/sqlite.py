@@ -1,0 +1,447 @@
+"""SqliteStorage: queue, schedule, results and counters in one sqlite file.
+
+The file layout is huey 3.5.4's, so a huey 3.5.4 process and a huey-rs process can share a
+database file. Every table holds rows for many queues, told apart by the ``queue`` column
+(the storage ``name``)::
+
+    task(id integer primary key [autoincrement], queue text, data blob, priority real)
+        index task_queue_priority_id (queue, priority desc, id)
+        dequeue order: highest priority first, then lowest id (FIFO)
+    schedule(id integer primary key, queue text, data blob, timestamp real)
+        index schedule_queue_timestamp (queue, timestamp); timestamp is ``datetime.timestamp()``
+    kv(queue text, key text, value blob, primary key (queue, key))        results, locks, flags
+    counter(queue text, key text, value integer, primary key (queue, key))
+
+Each thread gets its own connection (WAL lets readers run beside the one writer). Every
+operation that must be atomic is a single autocommit statement (``DELETE ... RETURNING``,
+upserts), so a dequeue is atomic across processes and a statement that cannot get the write
+lock within ``timeout`` changes nothing and raises ``SqliteBusyError``.
+"""
+
+import sqlite3
+import threading
+import time
+import os
+
+from huey.constants import EmptyData
+from huey.storage.base import BaseStorage
+
+# DELETE ... RETURNING needs sqlite 3.35; older libraries use an explicit write transaction.
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+# Bound parameters per statement stay below sqlite's historical limit of 999.
+_CHUNK = 500
+
+
+class SqliteBusyError(sqlite3.OperationalError):
+    """The database stayed locked by another connection for longer than ``timeout``.
+
+    The statement that raised it changed nothing: no task was removed or lost.
+    """
+
+
+def _ddl(strict_fifo):
+    task_key = 'primary key autoincrement' if strict_fifo else 'primary key'
+    return [
+        'create table if not exists kv (queue text not null, key text not null, '
+        'value blob not null, primary key(queue, key))',
+        'create table if not exists schedule (id integer not null primary key, '
+        'queue text not null, data blob not null, timestamp real not null)',
+        'create index if not exists schedule_queue_timestamp on schedule (queue, timestamp)',
+        f'create table if not exists task (id integer not null {task_key}, '
+        'queue text not null, data blob not null, priority real not null default 0.0)',
+        'create index if not exists task_queue_priority_id on task (queue, priority desc, id)',
+        'create table if not exists counter (queue text not null, key text not null, '
+        'value integer not null default 0, primary key(queue, key))',
+        # An index older huey versions created; the one above replaces it.
+        'drop index if exists task_priority_id',
+    ]
+
+
+_SCHEMA_NAMES = {'kv', 'schedule', 'task', 'counter', 'schedule_queue_timestamp',
+                 'task_queue_priority_id'}
+
+
+class _ThreadConnection(threading.local):
+    conn = None
+    generation = -1
+    pid = -1
+    # True while this connection's last dequeue found the queue empty and nothing was
+    # committed since (by anyone); lets an idle poll skip the table read.
+    empty_at_version = None
+
+
+class SqliteStorage(BaseStorage):
+    """huey's SqliteStorage: one sqlite file, one connection per thread, WAL by default.
+
+    ``fsync=None`` leaves sqlite's ``synchronous`` setting alone (as huey 3.5.4 does); True
+    sets FULL and False sets OFF. ``strict_fifo`` makes task ids never reused (only when the
+    table is created). Extra keyword arguments go to ``sqlite3.connect``.
+    """
+
+    priority = True
+    # Shortest and longest sleep between two checks of ``PRAGMA data_version`` while
+    # ``dequeue_wait`` waits for another connection to commit.
+    poll_interval_min = 0.0005
+    poll_interval_max = 0.002
+
+    def __init__(self, name='huey', filename='huey.db', cache_mb=8, fsync=None,
+                 journal_mode='wal', timeout=5, strict_fifo=False, create_tables=True,
+                 **kwargs):
+        super().__init__(name)
+        self.filename = filename
+        self._cache_mb = cache_mb
+        self._fsync = fsync
+        self._journal_mode = journal_mode
+        self._timeout = timeout
+        self._strict_fifo = strict_fifo
+        self._conn_kwargs = kwargs
+        self.ddl = _ddl(strict_fifo)
+        self.lock = threading.Lock()
+        self._local = _ThreadConnection()
+        self._generation = 0
+        self._open = []  # Every connection this process opened since the last close().
+        if create_tables:
+            self.initialize_schema()
+
+    # Connections -------------------------------------------------------------------------
+
+    @property
+    def _conn(self):
+        """The calling thread's open connection, or None (huey's attribute name)."""
+        local = self._local
+        if local.conn is None or local.generation != self._generation or \
+                local.pid != os.getpid():
+            return None
+        return local.conn
+
+    @property
+    def conn(self):
+        """The calling thread's connection, opened on first use and after ``close``."""
+        local = self._local
+        if local.generation == self._generation and local.conn is not None and \
+                local.pid == os.getpid():
+            return local.conn
+        # A connection inherited across fork must not be used (nor closed: closing it would
+        # drop locks the parent holds), so a forked child simply opens its own.
+        conn = self._create_connection()
+        with self.lock:
+            pid = os.getpid()
+            if local.pid == pid and local.conn is not None:
+                self._discard(local.conn)
+            local.conn = conn
+            local.generation = self._generation
+            local.pid = pid
+            local.empty_at_version = None
+            self._open.append((pid, conn))
+        return conn
+
+    def _discard(self, conn):
+        self._open = [(pid, c) for pid, c in self._open if c is not conn]
+        conn.close()
+
+    def _create_connection(self):
+        conn = sqlite3.connect(self.filename, timeout=self._timeout, check_same_thread=False,
+                               isolation_level=None, **self._conn_kwargs)
+        try:
+            self._set_journal_mode(conn)
+            if self._cache_mb:
+                conn.execute(f'pragma cache_size={-1000 * int(self._cache_mb)}')
+            if self._fsync is not None:
+                conn.execute(f'pragma synchronous={2 if self._fsync else 0}')
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_journal_mode(self, conn):
+        if self._journal_mode is None:
+            return
+        # Turning a fresh file into WAL needs the write lock, and the busy handler is not
+        # consulted for that upgrade, so wait for it here.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                conn.execute(f'pragma journal_mode={self._journal_mode}')
+                return
+            except sqlite3.OperationalError as exc:
+                if 'locked' not in str(exc) or time.monotonic() >= deadline:
+                    raise self._busy(exc, 'setting the journal mode') from exc
+                time.sleep(0.01)
+
+    def close(self):
+        """Close every connection this storage opened in this process.
+
+        Meant for shutdown and for the consumer to call before forking workers; threads that
+        use the storage afterwards open fresh connections.
+        """
+        with self.lock:
+            self._generation += 1
+            conns, self._open = self._open, []
+        pid = os.getpid()
+        mine = [conn for owner, conn in conns if owner == pid]
+        for conn in mine:
+            conn.close()
+        return bool(mine)
+
+    def initialize_schema(self):
+        conn = self._create_connection()
+        try:
+            # Most opens find the schema in place; checking first avoids taking the write
+            # lock (and waiting on busy writers) each time a worker process starts.
+            names = {name for name, in conn.execute('select name from sqlite_master')}
+            if _SCHEMA_NAMES <= names and 'task_priority_id' not in names:
+                return
+            self._run(conn, 'begin immediate', (), 'creating tables')
+            try:
+                for sql in self.ddl:
+                    conn.execute(sql)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.execute('commit')
+        finally:
+            conn.close()
+
+    # Statement helpers -------------------------------------------------------------------
+
+    def _busy(self, exc, what):
+        if 'locked' not in str(exc) and 'busy' not in str(exc):
+            return exc
+        return SqliteBusyError(
+            f'sqlite database {self.filename!r} stayed locked by another connection for more '
+            f'than timeout={self._timeout}s while {what}; nothing was changed: {exc}')
+
+    def _run(self, conn, sql, params, what):
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise self._busy(exc, what) from exc
+
+    def _write(self, sql, params, what):
+        """Run one autocommit write statement and return its cursor."""
+        # This connection's own commits do not move its data_version, so forget "empty".
+        self._local.empty_at_version = None
+        return self._run(self.conn, sql, params, what)
+
+    def _rows(self, sql, params, what='reading'):
+        return self._run(self.conn, sql, params, what).fetchall()
+
+    def _delete_returning(self, table, where, params, columns, what):
+        """Atomically delete the rows matching ``where`` and return ``columns`` of them."""
+        conn = self.conn
+        if _HAS_RETURNING:
+            # fetchall() drives the statement to completion, which is when it commits.
+            return self._run(conn, f'delete from {table} where {where} returning {columns}',
+                             params, what).fetchall()
+        self._run(conn, 'begin immediate', (), what)
+        try:
+            rows = conn.execute(f'select id, {columns} from {table} where {where}',
+                                params).fetchall()
+            for i in range(0, len(rows), _CHUNK):
+                ids = [row[0] for row in rows[i:i + _CHUNK]]
+                conn.execute(f'delete from {table} where id in ({",".join("?" * len(ids))})',
+                             ids)
+            conn.execute('commit')
+        except BaseException:
+            conn.rollback()
+            raise
+        return [row[1:] for row in rows]
+
+    # Queue -------------------------------------------------------------------------------
+
+    def enqueue(self, data, priority=None):
+        self._write('insert into task (queue, data, priority) values (?, ?, ?)',
+                    (self.name, data, priority or 0), 'enqueueing a task')
+
+    def dequeue(self):
+        local = self._local
+        conn = self.conn
+        if local.empty_at_version is not None:
+            # Nothing committed since this connection last saw an empty queue: still empty.
+            if self._data_version(conn) == local.empty_at_version:
+                return None
+            local.empty_at_version = None
+        if _HAS_RETURNING:
+            rows = self._run(
+                conn,
+                'delete from task where id = (select id from task where queue = ? '
+                'order by priority desc, id limit 1) returning data',
+                (self.name,), 'dequeueing a task').fetchall()
+        else:
+            rows = self._delete_returning(
+                'task',
+                'id = (select id from task where queue = ? order by priority desc, id limit 1)',
+                (self.name,), 'data', 'dequeueing a task')
+        if rows:
+            return rows[0][0]
+        local.empty_at_version = self._data_version(conn)
+        return None
+
+    def _data_version(self, conn):
+        return conn.execute('pragma data_version').fetchone()[0]
+
+    def dequeue_wait(self, timeout):
+        """Dequeue, waiting up to ``timeout`` seconds for another connection to enqueue.
+
+        Waits by polling ``PRAGMA data_version`` (a read of the shared-memory WAL index, no
+        table access) every 0.5-2 ms, so a commit from another process wakes it within a
+        couple of milliseconds while an idle wait costs well under 1% of a core.
+        """
+        data = self.dequeue()
+        if data is not None or timeout is None or timeout <= 0:
+            return data
+        conn = self.conn
+        deadline = time.monotonic() + timeout
+        version = self._data_version(conn)
+        interval = self.poll_interval_min
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(interval, remaining))
+            current = self._data_version(conn)
+            if current != version:
+                data = self.dequeue()
+                if data is not None:
+                    return data
+                version = current
+                interval = self.poll_interval_min
+            else:
+                interval = min(interval * 1.25, self.poll_interval_max)
+
+    def queue_size(self):
+        return self._rows('select count(id) from task where queue = ?', (self.name,))[0][0]
+
+    def enqueued_items(self, limit=None):
+        sql = 'select data from task where queue = ? order by priority desc, id'
+        params = (self.name,)
+        if limit is not None:
+            sql += ' limit ?'
+            params = (self.name, limit)
+        return [data for data, in self._rows(sql, params)]
+
+    def flush_queue(self):
+        self._write('delete from task where queue = ?', (self.name,), 'flushing the queue')
+
+    # Schedule ----------------------------------------------------------------------------
+
+    def add_to_schedule(self, data, ts):
+        self._write('insert into schedule (queue, data, timestamp) values (?, ?, ?)',
+                    (self.name, data, ts.timestamp()), 'scheduling a task')
+
+    def read_schedule(self, ts):
+        rows = self._delete_returning('schedule', 'queue = ? and timestamp <= ?',
+                                      (self.name, ts.timestamp()), 'timestamp, id, data',
+                                      'reading the schedule')
+        rows.sort(key=lambda row: (row[0], row[1]))
+        return [data for _, _, data in rows]
+
+    def schedule_size(self):
+        return self._rows('select count(id) from schedule where queue = ?', (self.name,))[0][0]
+
+    def scheduled_items(self, limit=None):
+        sql = 'select data from schedule where queue = ? order by timestamp, id'
+        params = (self.name,)
+        if limit is not None:
+            sql += ' limit ?'
+            params = (self.name, limit)
+        return [data for data, in self._rows(sql, params)]
+
+    def flush_schedule(self):
+        self._write('delete from schedule where queue = ?', (self.name,),
+                    'flushing the schedule')
+
+    # Results -----------------------------------------------------------------------------
+
+    def put_data(self, key, value, is_result=False):
+        self._write('insert or replace into kv (queue, key, value) values (?, ?, ?)',
+                    (self.name, key, value), 'storing a result')
+
+    def peek_data(self, key):
+        rows = self._rows('select value from kv where queue = ? and key = ?', (self.name, key))
+        return rows[0][0] if rows else EmptyData
+
+    def peek_many(self, keys):
+        keys = list(keys)
+        found = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            found.update(self._rows(
+                f'select key, value from kv where queue = ? and key in '
+                f'({",".join("?" * len(chunk))})', (self.name, *chunk)))
+        return found
+
+    def pop_data(self, key):
+        if _HAS_RETURNING:
+            rows = self._delete_returning('kv', 'queue = ? and key = ?', (self.name, key),
+                                          'value', 'popping a result')
+        else:
+            rows = self._pop_without_returning(key)
+        return rows[0][0] if rows else EmptyData
+
+    def _pop_without_returning(self, key):
+        conn = self.conn
+        self._run(conn, 'begin immediate', (), 'popping a result')
+        try:
+            rows = conn.execute('select value from kv where queue = ? and key = ?',
+                                (self.name, key)).fetchall()
+            conn.execute('delete from kv where queue = ? and key = ?', (self.name, key))
+            conn.execute('commit')
+        except BaseException:
+            conn.rollback()
+            raise
+        return rows
+
+    def delete_data(self, key):
+        cursor = self._write('delete from kv where queue = ? and key = ?', (self.name, key),
+                             'deleting a result')
+        return cursor.rowcount > 0
+
+    def has_data_for_key(self, key):
+        return bool(self._rows('select 1 from kv where queue = ? and key = ?',
+                               (self.name, key)))
+
+    def put_if_empty(self, key, value, ttl=None):
+        if ttl is not None:
+            raise NotImplementedError('ttl is not supported by this storage.')
+        cursor = self._write('insert into kv (queue, key, value) values (?, ?, ?) '
+                             'on conflict (queue, key) do nothing',
+                             (self.name, key, value), 'storing a value')
+        return cursor.rowcount == 1
+
+    def result_store_size(self):
+        return self._rows('select count(*) from kv where queue = ?', (self.name,))[0][0]
+
+    def result_items(self):
+        return dict(self._rows('select key, value from kv where queue = ?', (self.name,)))
+
+    def flush_results(self):
+        self._write('delete from kv where queue = ?', (self.name,), 'flushing results')
+
+    # Counters ----------------------------------------------------------------------------
+
+    def incr(self, key, amount=1):
+        sql = ('insert into counter (queue, key, value) values (?, ?, ?) '
+               'on conflict (queue, key) do update set value = value + excluded.value')
+        if _HAS_RETURNING:
+            return self._write(sql + ' returning value', (self.name, key, amount),
+                               'incrementing a counter').fetchall()[0][0]
+        conn = self.conn
+        self._run(conn, 'begin immediate', (), 'incrementing a counter')
+        try:
+            conn.execute(sql, (self.name, key, amount))
+            value = conn.execute('select value from counter where queue = ? and key = ?',
+                                 (self.name, key)).fetchone()[0]
+            conn.execute('commit')
+        except BaseException:
+            conn.rollback()
+            raise
+        return value
+
+    def delete_counter(self, key):
+        self._write('delete from counter where queue = ? and key = ?', (self.name, key),
+                    'deleting a counter')
+
+    def flush_counters(self):
+        self._write('delete from counter where queue = ?', (self.name,), 'flushing counters')

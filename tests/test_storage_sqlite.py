@@ -1,0 +1,292 @@
+"""SqliteStorage specifics: schema, connections, locking, wake-up, and sharing with huey 3.5.4."""
+
+import datetime
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from huey.constants import EmptyData
+from huey.storage.sqlite import SqliteBusyError, SqliteStorage
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / 'huey.db')
+
+
+@pytest.fixture
+def storage(db_path):
+    storage = SqliteStorage('q', filename=db_path, timeout=2)
+    yield storage
+    storage.close()
+
+
+def test_schema_matches_huey(storage, db_path):
+    conn = sqlite3.connect(db_path)
+    tables = dict(conn.execute("select name, sql from sqlite_master where type = 'table'"))
+    assert {'kv', 'schedule', 'task', 'counter'} <= set(tables)
+    columns = {name: [row[1] for row in conn.execute(f'pragma table_info({name})')]
+               for name in ('kv', 'schedule', 'task', 'counter')}
+    assert columns == {'kv': ['queue', 'key', 'value'],
+                       'schedule': ['id', 'queue', 'data', 'timestamp'],
+                       'task': ['id', 'queue', 'data', 'priority'],
+                       'counter': ['queue', 'key', 'value']}
+    indexes = [row[0] for row in conn.execute(
+        "select name from sqlite_master where type = 'index' and sql is not null order by 1")]
+    assert indexes == ['schedule_queue_timestamp', 'task_queue_priority_id']
+    assert 'autoincrement' not in tables['task'].lower()
+    assert conn.execute('pragma journal_mode').fetchone() == ('wal',)
+    conn.close()
+
+
+def test_strict_fifo_never_reuses_ids(tmp_path):
+    storage = SqliteStorage('q', filename=str(tmp_path / 'fifo.db'), strict_fifo=True)
+    storage.enqueue(b'a')
+    storage.enqueue(b'b')
+    assert storage.dequeue() == b'a'
+    assert storage.dequeue() == b'b'
+    storage.enqueue(b'c')
+    (task_id,), = storage.conn.execute('select id from task').fetchall()
+    assert task_id == 3
+    storage.close()
+
+
+def test_settings_reach_the_connection(tmp_path):
+    storage = SqliteStorage('q', filename=str(tmp_path / 's.db'), timeout=3, cache_mb=4,
+                            fsync=True)
+    conn = storage.conn
+    assert conn.execute('pragma busy_timeout').fetchone() == (3000,)
+    assert conn.execute('pragma cache_size').fetchone() == (-4000,)
+    assert conn.execute('pragma synchronous').fetchone() == (2,)
+    assert storage._timeout == 3
+    storage.close()
+
+
+def test_create_tables_false_then_initialize(tmp_path):
+    storage = SqliteStorage('q', filename=str(tmp_path / 'ct.db'), create_tables=False)
+    with pytest.raises(sqlite3.OperationalError):
+        storage.queue_size()
+    storage.initialize_schema()
+    assert storage.queue_size() == 0
+    storage.close()
+
+
+def test_one_connection_per_thread_and_close(storage):
+    main = storage.conn
+    assert storage._conn is main
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(storage.conn))
+    thread.start()
+    thread.join()
+    assert seen[0] is not main
+    assert storage.close() is True
+    assert storage._conn is None  # What huey's consumer checks before forking.
+    with pytest.raises(sqlite3.ProgrammingError):
+        main.execute('select 1')
+    storage.enqueue(b'after-close')  # Reopens on use.
+    assert storage._conn is not None
+    assert storage.dequeue() == b'after-close'
+
+
+def test_forked_child_opens_its_own_connection(storage):
+    storage.enqueue(b'x')
+    parent_conn = storage.conn
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # Child: must not reuse the parent's connection.
+        ok = storage._conn is None and storage.conn is not parent_conn
+        ok = ok and storage.dequeue() == b'x'
+        os.write(write, b'1' if ok else b'0')
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b'1'
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert storage.dequeue() is None
+    assert storage._conn is parent_conn
+
+
+def test_locked_database_raises_clear_error_and_keeps_task(storage, db_path):
+    storage.enqueue(b'precious')
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute('begin immediate')
+    quick = SqliteStorage('q', filename=db_path, timeout=0.1)
+    try:
+        with pytest.raises(SqliteBusyError, match=r'huey.db.*timeout=0.1s.*dequeueing'):
+            quick.dequeue()
+        with pytest.raises(sqlite3.OperationalError):  # Still catchable as huey's error.
+            quick.enqueue(b'other')
+    finally:
+        blocker.execute('rollback')
+        blocker.close()
+    assert quick.dequeue() == b'precious'
+    assert quick.dequeue() is None
+    quick.close()
+
+
+def test_first_open_waits_for_another_writer(tmp_path):
+    path = str(tmp_path / 'first.db')
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute('begin immediate')
+    released = threading.Timer(0.1, blocker.execute, ('commit',))
+    released.start()
+    try:
+        storage = SqliteStorage('q', filename=path)
+        assert storage.queue_size() == 0
+        storage.close()
+    finally:
+        released.join()
+        blocker.close()
+
+
+def test_dequeue_sees_own_enqueue_after_empty_poll(storage):
+    assert storage.dequeue() is None
+    assert storage.dequeue() is None  # Cached "empty".
+    storage.enqueue(b'mine')
+    assert storage.dequeue() == b'mine'
+
+
+_PRODUCER = """
+import sys, time
+from huey.storage.sqlite import SqliteStorage
+storage = SqliteStorage('q', filename=sys.argv[1])
+for line in sys.stdin:
+    time.sleep(0.01)  # Let the consumer settle into its wait.
+    storage.enqueue(line.strip().encode())
+    print(time.monotonic(), flush=True)  # CLOCK_MONOTONIC is shared by all processes.
+"""
+
+
+def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(storage, db_path):
+    producer = subprocess.Popen([sys.executable, '-c', _PRODUCER, db_path],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                bufsize=1)
+    delays = []
+    try:
+        for i in range(40):
+            producer.stdin.write(f'{i}\n')
+            data = storage.dequeue_wait(5)
+            received = time.monotonic()
+            committed = float(producer.stdout.readline())
+            assert data == str(i).encode()
+            delays.append(received - committed)
+    finally:
+        producer.stdin.close()
+        producer.wait(10)
+    assert statistics.median(delays) < 0.005, delays
+
+
+def test_dequeue_wait_times_out_without_busy_looping(storage):
+    cpu_before = time.process_time()
+    wall_before = time.perf_counter()
+    assert storage.dequeue_wait(0.5) is None
+    wall = time.perf_counter() - wall_before
+    cpu = time.process_time() - cpu_before
+    assert 0.5 <= wall < 0.7
+    assert cpu < 0.1 * wall, f'{cpu:.3f}s CPU while idle for {wall:.3f}s'
+
+
+def test_dequeue_multithreaded_exactly_once(storage):
+    for i in range(800):
+        storage.enqueue(b'%d' % i, priority=i % 3)
+    seen, lock = [], threading.Lock()
+
+    def drain():
+        while (data := storage.dequeue()) is not None:
+            with lock:
+                seen.append(int(data))
+
+    threads = [threading.Thread(target=drain) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == list(range(800))
+
+
+def test_bytes_and_str_keys_are_kept_as_huey_does(storage):
+    storage.put_data(b'k', b'bytes-key')
+    storage.put_data('k', b'str-key')
+    assert storage.peek_data(b'k') == b'bytes-key'
+    assert storage.pop_data('k') == b'str-key'
+    assert storage.peek_data('k') is EmptyData
+
+
+# Sharing one file with huey 3.5.4 -----------------------------------------------------------
+
+def test_shares_a_file_with_huey_354(reference_peer, db_path):
+    ours = SqliteStorage('shared', filename=db_path)
+    theirs = reference_peer('SqliteStorage', 'shared', filename=db_path)
+
+    # Queue, both directions, with priorities interleaved.
+    theirs.enqueue(b't-low', 1)
+    ours.enqueue(b'o-high', 5)
+    theirs.enqueue(b't-none', None)
+    ours.enqueue(b'o-low', 1)
+    assert theirs.queue_size() == ours.queue_size() == 4
+    assert theirs.enqueued_items() == ours.enqueued_items() == [
+        b'o-high', b't-low', b'o-low', b't-none']
+    assert theirs.dequeue() == b'o-high'
+    assert ours.dequeue() == b't-low'
+    assert theirs.dequeue() == b'o-low'
+    assert ours.dequeue_wait(0.1) == b't-none'
+    assert theirs.dequeue() is None
+
+    # Schedule.
+    base = datetime.datetime(2020, 5, 6, 7, 8, 9, 123456)
+    ours.add_to_schedule(b'o-1', base + datetime.timedelta(seconds=1))
+    theirs.add_to_schedule(b't-0', base)
+    ours.add_to_schedule(b'o-2', base + datetime.timedelta(seconds=2))
+    assert theirs.scheduled_items() == ours.scheduled_items() == [b't-0', b'o-1', b'o-2']
+    assert theirs.read_schedule(base) == [b't-0']
+    assert ours.read_schedule(base + datetime.timedelta(seconds=1)) == [b'o-1']
+    assert theirs.read_schedule(base + datetime.timedelta(seconds=5)) == [b'o-2']
+    assert ours.schedule_size() == 0
+
+    # Results, put_if_empty, counters.
+    ours.put_data('r1', b'from-us')
+    theirs.put_data('r2', b'from-them')
+    assert theirs.peek_data('r1') == b'from-us'
+    assert ours.peek_many(['r1', 'r2']) == theirs.peek_many(['r1', 'r2'])
+    assert ours.pop_data('r2') == b'from-them'
+    assert theirs.pop_data('r2') is EmptyData
+    assert theirs.result_items() == ours.result_items() == {'r1': b'from-us'}
+    assert theirs.put_if_empty('lock', b'them') is True
+    assert ours.put_if_empty('lock', b'us') is False
+    assert ours.delete_data('lock')
+    assert ours.put_if_empty('lock', b'us') is True
+    assert theirs.put_if_empty('lock', b'them') is False
+    assert ours.incr('hits') == 1
+    assert theirs.incr('hits', 5) == 6
+    assert ours.incr('hits', 2) == 8
+    theirs.delete_counter('hits')
+    assert ours.incr('hits') == 1
+    ours.flush_all()
+    assert theirs.result_store_size() == 0
+    ours.close()
+
+
+def test_huey_354_and_huey_rs_consumers_split_one_queue(reference_peer, db_path):
+    ours = SqliteStorage('split', filename=db_path)
+    theirs = reference_peer('SqliteStorage', 'split', filename=db_path)
+    for i in range(200):
+        ours.enqueue(b'%d' % i)
+    got_ours, got_theirs = [], []
+    while True:
+        mine = ours.dequeue()
+        other = theirs.dequeue()
+        if mine is not None:
+            got_ours.append(int(mine))
+        if other is not None:
+            got_theirs.append(int(other))
+        if mine is None and other is None:
+            break
+    assert sorted(got_ours + got_theirs) == list(range(200))
+    assert got_ours and got_theirs
+    ours.close()
