@@ -35,7 +35,15 @@ from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
-from huey.storage import BlackHoleStorage, MemoryStorage
+from huey.storage import (
+    BlackHoleStorage,
+    MemoryStorage,
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+    SqliteStorage,
+)
 from huey.task import PeriodicTask, Task, TaskWrapper, _signature, signature
 from huey.utils import (
     SKIPPED,
@@ -788,3 +796,23 @@ class BlackHoleHuey(Huey):
 
 class MemoryHuey(Huey):
     storage_class = MemoryStorage
+
+
+class SqliteHuey(Huey):
+    storage_class = SqliteStorage
+
+
+class RedisHuey(Huey):
+    storage_class = RedisStorage
+
+
+class RedisExpireHuey(RedisHuey):
+    storage_class = RedisExpireStorage
+
+
+class PriorityRedisHuey(RedisHuey):
+    storage_class = PriorityRedisStorage
+
+
+class PriorityRedisExpireHuey(RedisHuey):
+    storage_class = PriorityRedisExpireStorage
