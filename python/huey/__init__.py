@@ -6,8 +6,10 @@ __version__ = '3.5.4'  # the huey API version this package reproduces
 
 from huey.api import (
     BlackHoleHuey,
+    CySqliteHuey,
     Huey,
     MemoryHuey,
+    PostgresHuey,
     PriorityRedisExpireHuey,
     PriorityRedisHuey,
     RedisExpireHuey,
@@ -23,5 +25,6 @@ from huey.utils import SKIPPED, Error
 __all__ = [
     'SKIPPED', 'BlackHoleHuey', 'CancelExecution', 'Error', 'Huey', 'MemoryHuey', 'RetryTask',
     'chord', 'crontab', 'group',
-    'SqliteHuey', 'RedisHuey', 'RedisExpireHuey', 'PriorityRedisHuey', 'PriorityRedisExpireHuey',
+    'SqliteHuey', 'CySqliteHuey', 'PostgresHuey', 'RedisHuey',
+    'RedisExpireHuey', 'PriorityRedisHuey', 'PriorityRedisExpireHuey',
 ]

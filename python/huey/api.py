@@ -35,9 +35,12 @@ from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
+from huey.consumer import Consumer  # noqa: F401  (huey.api.Consumer, as in huey)
 from huey.storage import (
     BlackHoleStorage,
+    CySqliteStorage,
     MemoryStorage,
+    PostgresStorage,
     PriorityRedisExpireStorage,
     PriorityRedisStorage,
     RedisExpireStorage,
@@ -155,7 +158,6 @@ class Huey:
                 self.storage = self.create_storage()
 
     def create_consumer(self, **options):
-        from huey.consumer import Consumer
         return Consumer(self, **options)
 
     # -- registration ----------------------------------------------------------------------
@@ -800,6 +802,14 @@ class MemoryHuey(Huey):
 
 class SqliteHuey(Huey):
     storage_class = SqliteStorage
+
+
+class CySqliteHuey(Huey):
+    storage_class = CySqliteStorage
+
+
+class PostgresHuey(Huey):
+    storage_class = PostgresStorage
 
 
 class RedisHuey(Huey):
