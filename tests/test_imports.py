@@ -37,7 +37,7 @@ NAMES = {
         'BaseSqlStorage', 'BaseStorage', 'BlackHoleStorage', 'CySqliteStorage', 'EmptyData',
         'FileStorage', 'MemoryStorage', 'PostgresStorage', 'PriorityRedisExpireStorage',
         'PriorityRedisStorage', 'RedisExpireStorage', 'RedisPriorityQueue', 'RedisStorage',
-        'SqliteStorage',
+        'SqliteStorage', 'cysqlite', 'psycopg',
     ],
     'huey.consumer': [
         'BaseProcess', 'ConfigurationError', 'Consumer', 'ConsumerStopped', 'Environment',
@@ -106,7 +106,8 @@ def cases():
 def test_name_imports(module, name):
     namespace = {}
     exec(f'from {module} import {name}', namespace)
-    assert namespace[name] is not None or name == 'SKIPPED'
+    # The driver placeholders are None while huey-rs cannot use those backends.
+    assert namespace[name] is not None or name in ('cysqlite', 'psycopg')
 
 
 def test_reexports_are_the_same_objects():

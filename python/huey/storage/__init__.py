@@ -6,10 +6,10 @@ from huey.storage.memory import MemoryStorage
 from huey.storage.redis import (PriorityRedisExpireStorage, PriorityRedisStorage,
                                 RedisExpireStorage, RedisPriorityQueue, RedisStorage)
 from huey.storage.sqlite import SqliteStorage
-from huey.storage.sql import BaseSqlStorage, CySqliteStorage, PostgresStorage
+from huey.storage.sql import BaseSqlStorage, CySqliteStorage, PostgresStorage, cysqlite, psycopg
 
 __all__ = ['BaseStorage', 'BlackHoleStorage', 'MemoryStorage']
 __all__ += ['SqliteStorage', 'RedisStorage', 'RedisExpireStorage', 'PriorityRedisStorage',
             'PriorityRedisExpireStorage']
-__all__ += ['BaseSqlStorage', 'CySqliteStorage', 'PostgresStorage']
+__all__ += ['BaseSqlStorage', 'CySqliteStorage', 'PostgresStorage', 'cysqlite', 'psycopg']
 __all__ += ['RedisPriorityQueue']

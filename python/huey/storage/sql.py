@@ -15,6 +15,11 @@ from huey.exceptions import ConfigurationError
 from huey.storage.base import BaseStorage
 from huey.storage.sqlite import SqliteStorage
 
+# huey 3.5.4 exposes the driver modules here (or None when missing), and callers test
+# ``huey.storage.cysqlite is not None`` before using the backend. huey-rs can use neither.
+cysqlite = None
+psycopg = None
+
 
 class BaseSqlStorage(BaseStorage):
     """One shared DB-API connection, opened lazily by ``_create_connection`` and guarded by
