@@ -163,7 +163,20 @@ for line in sys.stdin:
 """
 
 
-def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(storage, db_path):
+def _scheduling_noise():
+    """Median oversleep of a 1 ms sleep: how late this (possibly busy) machine wakes us."""
+    late = []
+    for _ in range(20):
+        started = time.perf_counter()
+        time.sleep(0.001)
+        late.append(time.perf_counter() - started - 0.001)
+    return statistics.median(late)
+
+
+@pytest.mark.parametrize('inotify', [True, False], ids=['inotify', 'polling'])
+def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(inotify, db_path):
+    storage = SqliteStorage('q', filename=db_path)
+    storage.wake_on_wal_writes = inotify
     producer = subprocess.Popen([sys.executable, '-c', _PRODUCER, db_path],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 bufsize=1)
@@ -179,17 +192,36 @@ def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(storage, db_p
     finally:
         producer.stdin.close()
         producer.wait(10)
-    assert statistics.median(delays) < 0.005, delays
+        storage.close()
+    print(f"wake-up median {statistics.median(delays) * 1e3:.2f} ms")
+    assert statistics.median(delays) < 0.005 + 2 * _scheduling_noise(), delays
 
 
 def test_dequeue_wait_times_out_without_busy_looping(storage):
+    storage.dequeue_wait(0.01)  # Opens the connection and the WAL watcher.
+    assert storage._local.watcher is not None
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
     assert storage.dequeue_wait(0.5) is None
     wall = time.perf_counter() - wall_before
     cpu = time.process_time() - cpu_before
-    assert 0.5 <= wall < 0.7
-    assert cpu < 0.1 * wall, f'{cpu:.3f}s CPU while idle for {wall:.3f}s'
+    assert 0.5 <= wall < 1.5
+    assert cpu < 0.02 * wall, f'{cpu:.3f}s CPU while idle for {wall:.3f}s'
+
+
+def test_dequeue_wait_survives_close_from_another_thread(storage, db_path):
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(storage.dequeue_wait(3)))
+    waiter.start()
+    deadline = time.monotonic() + 3
+    while storage._open == [] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    storage.close()
+    other = SqliteStorage('q', filename=db_path)
+    other.enqueue(b'after-close')
+    waiter.join()
+    other.close()
+    assert results == [b'after-close']
 
 
 def test_dequeue_multithreaded_exactly_once(storage):
