@@ -14,7 +14,7 @@ $(PY):
 # Python packages the build, tests and lint need (re-run when pyproject.toml changes).
 $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PY) -m pip install -q 'maturin>=1.5,<2' pytest pytest-timeout 'hypothesis>=6' \
-	    'redis>=4' gevent ruff mypy
+	    'redis>=4' gevent django ruff mypy
 	touch $@
 
 # Editable build: the Rust extension compiled in release mode, Python sources linked in place.

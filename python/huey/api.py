@@ -35,6 +35,7 @@ from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
+from huey.consumer import Consumer  # noqa: F401  (huey.api.Consumer, as in huey)
 from huey.storage import (
     BlackHoleStorage,
     CySqliteStorage,
@@ -160,7 +161,6 @@ class Huey:
                 self.storage = self.create_storage()
 
     def create_consumer(self, **options):
-        from huey.consumer import Consumer
         return Consumer(self, **options)
 
     # -- registration ----------------------------------------------------------------------
@@ -819,6 +819,14 @@ class SqliteHuey(Huey):
     storage_class = SqliteStorage
 
 
+class CySqliteHuey(Huey):
+    storage_class = CySqliteStorage
+
+
+class PostgresHuey(Huey):
+    storage_class = PostgresStorage
+
+
 class RedisHuey(Huey):
     storage_class = RedisStorage
 
@@ -833,11 +841,3 @@ class PriorityRedisHuey(RedisHuey):
 
 class PriorityRedisExpireHuey(RedisHuey):
     storage_class = PriorityRedisExpireStorage
-
-
-class CySqliteHuey(Huey):
-    storage_class = CySqliteStorage
-
-
-class PostgresHuey(Huey):
-    storage_class = PostgresStorage

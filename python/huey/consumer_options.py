@@ -122,9 +122,7 @@ class ConsumerConfig(namedtuple('_ConsumerConfig', config_keys)):
     """Consumer settings with huey's defaults for anything not given."""
 
     def __new__(cls, **kwargs):
-        unknown = set(kwargs) - set(config_keys)
-        if unknown:
-            raise ValueError(f'unknown consumer option(s): {", ".join(sorted(unknown))}')
+        # Unknown keys are ignored, as huey does (Django settings often carry extras).
         config = dict(config_defaults)
         config.update(kwargs)
         return super().__new__(cls, *(config[key] for key in config_keys))
