@@ -1,6 +1,5 @@
 """huey.contrib.helpers: RedisSemaphore and lock_task_semaphore on a real redis-server."""
 
-import os
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ from huey import MemoryHuey, RedisHuey
 from huey.contrib.helpers import RedisSemaphore, lock_task_semaphore
 from huey.exceptions import ConfigurationError, TaskLockedException
 
-from conftest import REFERENCE_PYTHON
+from conftest import reference_python
 
 
 @pytest.fixture
@@ -191,7 +190,6 @@ def test_lock_task_semaphore_as_a_task_retries_when_locked(huey):
     assert result.get() == 'ran'
 
 
-@pytest.mark.skipif(not os.path.exists(REFERENCE_PYTHON), reason='huey 3.5.4 venv missing')
 def test_shares_slots_with_huey_354(huey, redis_db):
     """A huey 3.5.4 process holding the only slot blocks us, and sees our holder too."""
     script = (
@@ -200,7 +198,7 @@ def test_shares_slots_with_huey_354(huey, redis_db):
         ' s = S(h, "shared", 1); print(s.acquire(sys.argv[3]) or "None")')
 
     def reference_acquire(name):
-        out = subprocess.run([REFERENCE_PYTHON, '-I', '-c', script, redis_db.host,
+        out = subprocess.run([reference_python(), '-I', '-c', script, redis_db.host,
                               str(redis_db.port), name], capture_output=True, text=True,
                              check=True, timeout=60)
         return out.stdout.strip()
