@@ -340,3 +340,28 @@ def test_a_pickled_bomb_on_a_signed_queue_is_not_unpickled(make_huey):
     assert UNPICKLED == []
     assert [letter['data'] for letter in huey.dead_letters()] == [
         bomb, bomb + b':' + b'0' * 40, bomb + b':nothex']
+
+
+@pytest.mark.parametrize('kind', ['sqlite', 'redis', 'priority-redis'])
+def test_huey_354_ignores_dead_letters_and_flush_all_keeps_them(kind, tmp_path, request,
+                                                                reference_peer):
+    options = STORAGES[kind](request, tmp_path, 'shared')
+    ours = Huey('shared', **options)
+    storage_class = options.pop('storage_class').__name__
+    options.pop('read_timeout', None)
+    if 'redis' in kind:
+        options['blocking'] = False
+    theirs = reference_peer(storage_class, 'shared', **options)
+
+    ours.storage.enqueue(b'not a pickle')
+    assert ours.dequeue() is None
+    assert ours.dead_letter_count() == 1
+    # huey 3.5.4 sees an empty queue, schedule and result store, and its flush_all leaves
+    # the dead letters alone.
+    assert theirs.queue_size() == 0 and theirs.schedule_size() == 0
+    assert theirs.result_store_size() == 0 and theirs.result_items() == {}
+    theirs.enqueue(b'from huey 3.5.4')
+    assert ours.storage.dequeue() == b'from huey 3.5.4'
+    theirs.flush_all()
+    assert [letter['data'] for letter in ours.dead_letters()] == [b'not a pickle']
+    ours.storage.close()
