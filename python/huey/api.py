@@ -7,6 +7,7 @@ here because users import them from ``huey.api``.
 
 import copy
 import datetime
+import hashlib
 import inspect
 import itertools
 import logging
@@ -76,6 +77,10 @@ __all__ = [
 
 class SerializationError(HueyException, TypeError):
     """A task's arguments (or a result) could not be serialized."""
+
+
+def _first_bytes(data):
+    return bytes(data[:32]) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
 def _hook_name(name):
@@ -376,15 +381,83 @@ class Huey:
                 return task
 
     def _decode_or_set_aside(self, data):
+        """The task in a message taken off the queue or schedule, or None when it cannot be
+        decoded: then it is logged once, kept as a dead letter with its original bytes and
+        the reason, and SIGNAL_DEAD_LETTER is sent."""
         try:
             return self.deserialize_task(data)
         except Exception as exc:
-            logger.error('Unable to deserialize a queued message (%s: %s); setting it aside. '
-                         'First bytes: %r', type(exc).__name__, exc, bytes(data[:32]))
-            set_aside = getattr(self.storage, 'put_dead_letter', None)
-            if set_aside is not None:
-                set_aside(data, f'{type(exc).__name__}: {exc}')
+            reason = f'{type(exc).__name__}: {exc}'
+        deliveries = self._previous_deliveries(data) + 1
+        try:
+            letter_id = self.storage.put_dead_letter(data, reason, deliveries)
+        except NotImplementedError:  # A third-party storage without a dead-letter queue.
+            logger.error('Unable to deserialize a queued message (%s); %s keeps no dead '
+                         'letters, so it is dropped. First bytes: %r', reason,
+                         type(self.storage).__name__, _first_bytes(data))
+            self._emit(S.SIGNAL_DEAD_LETTER, None, reason, None)
             return None
+        except Exception:
+            # The message is already off the queue: say so loudly, and keep consuming.
+            logger.exception('Unable to deserialize a queued message (%s) and unable to set '
+                             'it aside; it is lost. First bytes: %r', reason,
+                             _first_bytes(data))
+            return None
+        logger.error('Unable to deserialize a queued message (%s); set aside as dead letter '
+                     '%s. First bytes: %r', reason, letter_id, _first_bytes(data))
+        self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
+        return None
+
+    def _delivery_counter(self, data):
+        digest = hashlib.sha1(data if isinstance(data, bytes) else repr(data).encode())
+        return f'{self.name}.dead-letter.{digest.hexdigest()}'
+
+    def _previous_deliveries(self, data):
+        """How many times this exact message was set aside before and then requeued.
+
+        ``requeue_dead_letter`` leaves the count in a storage counter named after the
+        message's digest (the message bytes themselves must not change), so it survives a
+        change of consumer process; it is read and deleted here.
+        """
+        try:
+            key = self._delivery_counter(data)
+            previous = self.storage.incr(key, 0)
+            self.storage.delete_counter(key)
+            return previous
+        except Exception:
+            return 0
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, limit=None):
+        """Messages set aside because they could not be decoded, oldest first: dicts with
+        ``id``, ``data`` (the original bytes), ``reason``, ``time`` and ``deliveries``."""
+        return self.storage.dead_letters(limit)
+
+    def dead_letter_count(self):
+        return self.storage.dead_letter_count()
+
+    def requeue_dead_letter(self, id):
+        """Put dead letter ``id``'s original bytes back on the queue (after deploying the
+        missing task, say). True when there was such a letter."""
+        letter = self.storage.pop_dead_letter(id)
+        if letter is None:
+            return False
+        data = letter['data']
+        try:
+            self.storage.incr(self._delivery_counter(data), letter['deliveries'])
+            self.storage.enqueue(data)
+        except BaseException:
+            # Not lost: back into the dead-letter queue, then the error propagates.
+            self.storage.put_dead_letter(data, letter['reason'], letter['deliveries'])
+            raise
+        return True
+
+    def purge_dead_letters(self):
+        """Delete every dead letter; returns how many there were."""
+        count = self.storage.dead_letter_count()
+        self.storage.flush_dead_letters()
+        return count
 
     # -- key/value -------------------------------------------------------------------------
 
@@ -721,11 +794,24 @@ class Huey:
         return self._deserialize_all(self.storage.read_schedule(timestamp))
 
     def _deserialize_all(self, messages):
+        """Tasks of messages removed from the schedule; undecodable ones are set aside."""
         tasks = []
         for data in messages:
             task = self._decode_or_set_aside(data)
             if task is not None:
                 tasks.append(task)
+        return tasks
+
+    def _decodable(self, messages):
+        """Tasks of messages still in storage (a listing); undecodable ones are skipped,
+        and left where they are for the consumer to set aside when it takes them."""
+        tasks = []
+        for data in messages:
+            try:
+                tasks.append(self.deserialize_task(data))
+            except Exception as exc:
+                logger.debug('Skipping an undecodable message in a listing (%s: %s)',
+                             type(exc).__name__, exc)
         return tasks
 
     def read_periodic(self, timestamp):
@@ -740,13 +826,13 @@ class Huey:
         return task.eta is None or task.eta <= timestamp
 
     def pending(self, limit=None):
-        return self._deserialize_all(self.storage.enqueued_items(limit))
+        return self._decodable(self.storage.enqueued_items(limit))
 
     def pending_count(self):
         return self.storage.queue_size()
 
     def scheduled(self, limit=None):
-        return self._deserialize_all(self.storage.scheduled_items(limit))
+        return self._decodable(self.storage.scheduled_items(limit))
 
     def scheduled_count(self):
         return self.storage.schedule_size()

@@ -10,6 +10,8 @@
 //! schedule/lock           flock serialising schedule changes
 //! results/{h0}/{h1}/{h}   one result each, huey 3.5.4's place and format (kv.rs)
 //! counters/{h}            one counter each, fixed-width decimal text (kv.rs)
+//! dead/{id}               dead letters: undecodable messages set aside, created on first use
+//!                         (dead.rs)
 //! tmp/                    files being written; renamed or linked into place when complete
 //! ```
 //!
@@ -27,6 +29,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+mod dead;
 mod kv;
 mod queue;
 mod schedule;
@@ -34,6 +37,7 @@ mod sys;
 
 pub use sys::FileError;
 
+use dead::{DeadLetter, DeadLetters};
 use kv::{Counters, Results};
 use queue::Queue;
 use schedule::Schedule;
@@ -52,6 +56,7 @@ pub struct FileStore {
     schedule: Schedule,
     results: Results,
     counters: Counters,
+    dead: DeadLetters,
     watchers: Watchers,
 }
 
@@ -70,8 +75,9 @@ impl FileStore {
         Ok(FileStore {
             queue: Queue::open(path.join("queue"), use_flock, fsync)?,
             schedule: Schedule::open(path.join("schedule"), tmp.clone(), use_flock)?,
-            results: Results::new(path.join("results"), levels as usize, tmp)?,
+            results: Results::new(path.join("results"), levels as usize, tmp.clone())?,
             counters: Counters::new(path.join("counters"))?,
+            dead: DeadLetters::new(path.join("dead"), tmp),
             watchers: Watchers::default(),
         })
     }
@@ -147,6 +153,20 @@ fn limit_arg(limit: Option<i64>) -> PyResult<Option<usize>> {
 
 fn bytes_list<'py>(py: Python<'py>, items: Vec<Vec<u8>>) -> PyResult<Bound<'py, PyList>> {
     PyList::new(py, items.iter().map(|item| PyBytes::new(py, item)))
+}
+
+/// A dead letter as `(id, data, reason, time, deliveries)`.
+type LetterTuple<'py> = (String, Bound<'py, PyBytes>, String, f64, u32);
+
+fn letter_tuple(py: Python<'_>, letter: DeadLetter) -> LetterTuple<'_> {
+    let data = PyBytes::new(py, &letter.data);
+    (
+        letter.id,
+        data,
+        letter.reason,
+        letter.time,
+        letter.deliveries,
+    )
 }
 
 /// `huey._native.FileStore`: the native half of `huey.storage.FileStorage`.
@@ -386,6 +406,47 @@ impl PyFileStore {
 
     fn flush_counters(&self, py: Python<'_>) -> PyResult<()> {
         Ok(py.detach(|| self.store.counters.flush())?)
+    }
+
+    /// Set `data` aside under `dead/`; returns the letter's id.
+    #[pyo3(signature = (data, reason, deliveries = 1))]
+    fn put_dead_letter(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        reason: &str,
+        deliveries: u32,
+    ) -> PyResult<String> {
+        Ok(py.detach(|| self.store.dead.put(data, reason, deliveries))?)
+    }
+
+    /// Dead letters oldest first, as `(id, data, reason, time, deliveries)` tuples.
+    #[pyo3(signature = (limit = None))]
+    fn dead_letters<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<i64>,
+    ) -> PyResult<Vec<LetterTuple<'py>>> {
+        let limit = limit_arg(limit)?;
+        let letters = py.detach(|| self.store.dead.list(limit))?;
+        Ok(letters.into_iter().map(|l| letter_tuple(py, l)).collect())
+    }
+
+    fn pop_dead_letter<'py>(
+        &self,
+        py: Python<'py>,
+        id: &str,
+    ) -> PyResult<Option<LetterTuple<'py>>> {
+        let letter = py.detach(|| self.store.dead.pop(id))?;
+        Ok(letter.map(|l| letter_tuple(py, l)))
+    }
+
+    fn dead_letter_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(py.detach(|| self.store.dead.count())?)
+    }
+
+    fn flush_dead_letters(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.store.dead.flush())?)
     }
 }
 

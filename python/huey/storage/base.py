@@ -136,11 +136,52 @@ class BaseStorage:
     def flush_counters(self):
         raise NotImplementedError
 
+    # Dead letters: queued messages that could not be decoded, kept with the reason. They are
+    # not part of the queue, schedule or results, and flush_all() leaves them (like a mail
+    # server's dead-letter folder, they are evidence to inspect, not state to reset);
+    # flush_dead_letters() removes them. Each letter is a dict
+    # {'id': str, 'data': bytes, 'reason': str, 'time': unix float, 'deliveries': int}.
+
+    def put_dead_letter(self, data, reason, deliveries=1):
+        """Keep the undecodable message ``data`` aside; returns the new letter's id."""
+        raise NotImplementedError
+
+    def dead_letters(self, limit=None):
+        """The dead letters, oldest first (at most ``limit``)."""
+        raise NotImplementedError
+
+    def pop_dead_letter(self, id):
+        """Remove and return the letter ``id``, or None when there is no such letter."""
+        raise NotImplementedError
+
+    def flush_dead_letters(self):
+        raise NotImplementedError
+
+    def dead_letter_count(self):
+        raise NotImplementedError
+
     def flush_all(self):
+        """Empty the queue, schedule, results and counters (dead letters stay)."""
         self.flush_queue()
         self.flush_schedule()
         self.flush_results()
         self.flush_counters()
+
+
+def dead_letter(id, data, reason, time, deliveries):
+    """One dead letter as the dict every storage returns."""
+    return {'id': id, 'data': data, 'reason': reason, 'time': time, 'deliveries': deliveries}
+
+
+def check_limit(limit):
+    """``limit`` as a non-negative int or None (a listing of dead letters)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f'limit must be an int or None, got {limit!r}')
+    if limit < 0:
+        raise ValueError(f'limit must be >= 0, got {limit}')
+    return limit
 
 
 class BlackHoleStorage(BaseStorage):
@@ -208,3 +249,18 @@ class BlackHoleStorage(BaseStorage):
 
     def flush_counters(self):
         pass
+
+    def put_dead_letter(self, data, reason, deliveries=1):
+        return None
+
+    def dead_letters(self, limit=None):
+        return []
+
+    def pop_dead_letter(self, id):
+        return None
+
+    def flush_dead_letters(self):
+        pass
+
+    def dead_letter_count(self):
+        return 0

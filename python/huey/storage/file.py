@@ -15,6 +15,8 @@ this one is safe and fast for many producer and consumer processes on one direct
   the microsecond of the naive datetime) and which is compacted when mostly dead.
 - Results: ``results/{h0}/{h1}/{md5(key)}`` (``levels`` directory levels), in huey's own
   file format. Counters: ``counters/{md5(key)}``.
+- Dead letters: ``dead/{id}``, one file per undecodable message set aside, holding its
+  original bytes, reason, time and delivery count; ids sort oldest first.
 - Other files are written under ``tmp/`` and renamed or linked into place. A process killed
   at any point never leaves half a message visible, nor loses one whose write returned.
 - ``dequeue_wait`` and ``wait_result`` sleep on inotify (Linux) and wake when another process
@@ -29,7 +31,7 @@ import os
 
 from huey._native import FileStore
 from huey.constants import EmptyData
-from huey.storage.base import BaseStorage
+from huey.storage.base import BaseStorage, check_limit, dead_letter
 
 
 class FileStorage(BaseStorage):
@@ -132,3 +134,20 @@ class FileStorage(BaseStorage):
 
     def flush_counters(self):
         self._store.flush_counters()
+
+    def put_dead_letter(self, data, reason, deliveries=1):
+        return self._store.put_dead_letter(data, str(reason), deliveries)
+
+    def dead_letters(self, limit=None):
+        return [dead_letter(*letter)
+                for letter in self._store.dead_letters(check_limit(limit))]
+
+    def pop_dead_letter(self, id):
+        letter = self._store.pop_dead_letter(str(id))
+        return None if letter is None else dead_letter(*letter)
+
+    def flush_dead_letters(self):
+        self._store.flush_dead_letters()
+
+    def dead_letter_count(self):
+        return self._store.dead_letter_count()

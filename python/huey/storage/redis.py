@@ -14,6 +14,12 @@ one Redis. ``{name}`` is the storage name with everything but ``[A-Za-z0-9_]`` r
     huey.r.{name}.{key}      STRING value, TTL for results       (RedisExpireStorage)
     huey.c.{name}.{key}      STRING integer, TTL expire_time     (RedisExpireStorage)
     huey.notify.{name}.{key} LIST   one b'1' pushed when a result is stored (notify_result)
+    huey.dead.{name}         HASH   dead letter id -> struct ``>dII`` (time, deliveries,
+                                    reason length) + reason (UTF-8) + the original message
+    huey.dead.index.{name}   ZSET   dead letter ids, score = id (oldest first)
+    huey.dead.seq.{name}     STRING last dead letter id handed out (INCR)
+
+The ``huey.dead.*`` keys are huey-rs's own; huey 3.5.4 neither reads nor touches them.
 
 Every operation is one round trip; due schedule entries are popped atomically by a Lua script.
 """
@@ -27,7 +33,7 @@ from functools import cached_property
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
-from huey.storage.base import BaseStorage
+from huey.storage.base import BaseStorage, check_limit, dead_letter
 
 try:
     from redis import ConnectionPool, Redis
@@ -48,6 +54,26 @@ if #due > 0 then
 end
 return due
 """
+
+# Sets a message aside under the next id: KEYS = seq, hash, index; ARGV = record.
+DEAD_PUT_LUA = """\
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+redis.call('ZADD', KEYS[3], id, id)
+return id
+"""
+
+# Removes and returns one dead letter's record (or false): KEYS = hash, index; ARGV = id.
+DEAD_POP_LUA = """\
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if record then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return record
+"""
+
+_DEAD_HEADER = struct.Struct('>dII')
 
 # Backoff between reconnection attempts in dequeue_wait while the server is unreachable.
 _RETRY_MIN = 0.05
@@ -97,6 +123,11 @@ class RedisStorage(BaseStorage):
         self.result_key = f'huey.results.{self.name}'
         self.counter_key = f'huey.counters.{self.name}'
         self.notify_prefix = f'huey.notify.{self.name}.'
+        self.dead_key = f'huey.dead.{self.name}'
+        self.dead_index_key = f'huey.dead.index.{self.name}'
+        self.dead_seq_key = f'huey.dead.seq.{self.name}'
+        self._dead_put = self.conn.register_script(DEAD_PUT_LUA)
+        self._dead_pop = self.conn.register_script(DEAD_POP_LUA)
         self.notify_result = notify_result
         self.notify_result_ttl = notify_result_ttl
         self.blocking = blocking
@@ -337,6 +368,44 @@ class RedisStorage(BaseStorage):
 
     def flush_counters(self):
         self.conn.delete(self.counter_key)
+
+    # Dead letters (no TTL, in every Redis storage) ---------------------------------------
+
+    def put_dead_letter(self, data, reason, deliveries=1):
+        reason = str(reason).encode('utf8', 'replace')
+        record = _DEAD_HEADER.pack(time.time(), int(deliveries), len(reason)) + reason + data
+        id = self._dead_put(keys=[self.dead_seq_key, self.dead_key, self.dead_index_key],
+                            args=[record])
+        return str(id)
+
+    @staticmethod
+    def _letter(id, record):
+        when, deliveries, length = _DEAD_HEADER.unpack_from(record)
+        start = _DEAD_HEADER.size
+        reason = record[start:start + length].decode('utf8', 'replace')
+        return dead_letter(_text(id), record[start + length:], reason, when, deliveries)
+
+    def dead_letters(self, limit=None):
+        limit = check_limit(limit)
+        if limit == 0:
+            return []
+        ids = self.conn.zrange(self.dead_index_key, 0, -1 if limit is None else limit - 1)
+        if not ids:
+            return []
+        records = self.conn.hmget(self.dead_key, ids)
+        # A letter popped between the two reads is simply not listed.
+        return [self._letter(id, record) for id, record in zip(ids, records)
+                if record is not None]
+
+    def pop_dead_letter(self, id):
+        record = self._dead_pop(keys=[self.dead_key, self.dead_index_key], args=[str(id)])
+        return None if record is None else self._letter(str(id), record)
+
+    def flush_dead_letters(self):
+        self.conn.delete(self.dead_key, self.dead_index_key)
+
+    def dead_letter_count(self):
+        return self.conn.hlen(self.dead_key)
 
 
 class RedisExpireStorage(RedisStorage):

@@ -11,6 +11,10 @@ database file. Every table holds rows for many queues, told apart by the ``queue
         index schedule_queue_timestamp (queue, timestamp); timestamp is ``datetime.timestamp()``
     kv(queue text, key text, value blob, primary key (queue, key))        results, locks, flags
     counter(queue text, key text, value integer, primary key (queue, key))
+    dead_letter(id integer primary key autoincrement, queue text, data blob, reason text,
+                time real, deliveries integer)           undecodable messages set aside
+
+``dead_letter`` is huey-rs's own table; huey 3.5.4 neither reads nor minds it.
 
 Each thread gets its own connection (WAL lets readers run beside the one writer). Every
 operation that must be atomic is a single autocommit statement (``DELETE ... RETURNING``,
@@ -28,7 +32,7 @@ import threading
 import time
 
 from huey.constants import EmptyData
-from huey.storage.base import BaseStorage
+from huey.storage.base import BaseStorage, check_limit, dead_letter
 
 # DELETE ... RETURNING needs sqlite 3.35; older libraries use an explicit write transaction.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -57,12 +61,15 @@ def _ddl(strict_fifo):
         'create index if not exists task_queue_priority_id on task (queue, priority desc, id)',
         'create table if not exists counter (queue text not null, key text not null, '
         'value integer not null default 0, primary key(queue, key))',
+        'create table if not exists dead_letter (id integer not null primary key '
+        'autoincrement, queue text not null, data blob not null, reason text not null, '
+        'time real not null, deliveries integer not null default 1)',
         # An index older huey versions created; the one above replaces it.
         'drop index if exists task_priority_id',
     ]
 
 
-_SCHEMA_NAMES = {'kv', 'schedule', 'task', 'counter', 'schedule_queue_timestamp',
+_SCHEMA_NAMES = {'kv', 'schedule', 'task', 'counter', 'dead_letter', 'schedule_queue_timestamp',
                  'task_queue_priority_id'}
 
 
@@ -589,3 +596,43 @@ class SqliteStorage(BaseStorage):
 
     def flush_counters(self):
         self._write('delete from counter where queue = ?', (self.name,), 'flushing counters')
+
+    # Dead letters ------------------------------------------------------------------------
+
+    _LETTER_COLUMNS = 'id, data, reason, time, deliveries'
+
+    @staticmethod
+    def _letter(row):
+        id, data, reason, when, deliveries = row
+        return dead_letter(str(id), bytes(data), reason, when, deliveries)
+
+    def put_dead_letter(self, data, reason, deliveries=1):
+        cursor = self._write(
+            'insert into dead_letter (queue, data, reason, time, deliveries) '
+            'values (?, ?, ?, ?, ?)',
+            (self.name, data, str(reason), time.time(), int(deliveries)),
+            'setting a message aside')
+        return str(cursor.lastrowid)
+
+    def dead_letters(self, limit=None):
+        limit = check_limit(limit)
+        rows = self._rows(f'select {self._LETTER_COLUMNS} from dead_letter where queue = ? '
+                          f'order by id limit ?', (self.name, -1 if limit is None else limit))
+        return [self._letter(row) for row in rows]
+
+    def pop_dead_letter(self, id):
+        try:
+            rowid = int(id)
+        except (TypeError, ValueError):
+            return None
+        rows = self._delete_returning('dead_letter', 'queue = ? and id = ?', (self.name, rowid),
+                                      self._LETTER_COLUMNS, 'popping a dead letter')
+        return self._letter(rows[0]) if rows else None
+
+    def flush_dead_letters(self):
+        self._write('delete from dead_letter where queue = ?', (self.name,),
+                    'flushing dead letters')
+
+    def dead_letter_count(self):
+        return self._rows('select count(*) from dead_letter where queue = ?',
+                          (self.name,))[0][0]
