@@ -29,8 +29,9 @@ def _redis(cls):
 
 STORAGES = {
     'memory': lambda request, tmp_path, name: dict(storage_class=MemoryStorage),
+    # A FileStorage is partitioned by its directory (as in huey): one per name here.
     'file': lambda request, tmp_path, name: dict(storage_class=FileStorage,
-                                                 path=str(tmp_path / 'files')),
+                                                 path=str(tmp_path / f'files-{name}')),
     'sqlite': lambda request, tmp_path, name: dict(storage_class=SqliteStorage,
                                                    filename=str(tmp_path / 'huey.db')),
     'redis': _redis(RedisStorage),
@@ -309,9 +310,7 @@ def test_purge_and_flush(make_huey):
     assert huey.purge_dead_letters() == 0
 
 
-def test_queues_with_different_names_keep_their_own_letters(make_huey, request):
-    if 'file' in request.node.callspec.id:
-        pytest.skip('a FileStorage is partitioned by its directory, not by name (as in huey)')
+def test_queues_with_different_names_keep_their_own_letters(make_huey):
     one, two = make_huey(name='one'), make_huey(name='two')
     one.storage.put_dead_letter(b'1', 'one')
     assert two.dead_letters() == [] and one.dead_letter_count() == 1
