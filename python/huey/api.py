@@ -401,6 +401,7 @@ class Huey:
             data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
             if data is None:
                 return None
+            crashpoint('after_dequeue')
             task = self._decode_or_set_aside(data)
             if task is not None:
                 return task
@@ -502,7 +503,9 @@ class Huey:
         due yet goes to the schedule). Returns the task's value."""
         token = getattr(task, '_delivery', None)
         if token is None:
-            return self._execute_if_due(task, timestamp)
+            value = self._execute_if_due(task, timestamp)
+            crashpoint('after_result_before_ack')  # nothing to ack: the same point for tests
+            return value
         deliveries = self._deliveries()
         try:
             value = self._execute_if_due(task, timestamp)
