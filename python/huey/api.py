@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import itertools
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -34,6 +35,7 @@ from huey.exceptions import (
 )
 from huey.locks import RateLimit, TaskLock
 from huey.registry import Registry
+from huey.reliable import Deliveries, crashpoint
 from huey.result import ChordResult, Result, ResultGroup
 from huey.serializer import Serializer
 from huey.consumer import Consumer  # noqa: F401  (huey.api.Consumer, as in huey)
@@ -99,6 +101,12 @@ class Huey:
     ``results`` stores return values, ``store_none`` stores ``None`` too, ``utc`` keeps
     times in UTC, ``immediate`` runs tasks in-process at call time (on memory storage unless
     ``immediate_use_memory=False``); remaining keyword arguments configure the storage.
+
+    ``reliable=True`` gives at-least-once delivery on storages that support it (Sqlite,
+    Redis; see ``huey.reliable``): a message stays in the storage's in-flight area, under a
+    lease of ``lease`` seconds renewed while it runs, until its run is recorded, so a
+    killed consumer's tasks are redelivered; after ``max_deliveries`` deliveries a message
+    goes to the dead-letter queue instead. Other storages ignore it.
     """
 
     storage_class = None
@@ -106,7 +114,8 @@ class Huey:
     def __init__(self, name='huey', results=True, store_none=False, utc=True,
                  immediate=False, serializer=None, compression=False, use_zlib=False,
                  immediate_use_memory=True, storage_class=None,
-                 store_intermediate_errors=True, **storage_kwargs):
+                 store_intermediate_errors=True, reliable=False, lease=30,
+                 max_deliveries=3, **storage_kwargs):
         self.name = name
         self.results = results
         self.store_none = store_none
@@ -129,6 +138,13 @@ class Huey:
         self._signal = S.Signal()
         self._tasks_in_flight = set()
         self._timeout_handler = None  # set by the consumer for process/greenlet workers
+        if lease <= 0 or max_deliveries < 1:
+            raise ValueError(f'lease must be > 0 and max_deliveries >= 1, got lease={lease!r}'
+                             f', max_deliveries={max_deliveries!r}')
+        self.lease = lease
+        self.max_deliveries = max_deliveries
+        self._reliable = reliable
+        self._delivery_state = None
 
     def __repr__(self):
         return f'<{type(self).__name__} {self.name!r} storage={type(self.storage).__name__}>'
@@ -157,6 +173,18 @@ class Huey:
     @property
     def immediate(self):
         return self._immediate
+
+    @property
+    def reliable(self):
+        """Whether reliable delivery is on: requested, and supported by the storage."""
+        return self._reliable and hasattr(self.storage, 'dequeue_reliable')
+
+    def _deliveries(self):
+        """This process's in-flight deliveries (a forked worker starts its own)."""
+        state = self._delivery_state
+        if state is None or state.pid != os.getpid():
+            state = self._delivery_state = Deliveries(self.storage, self.lease)
+        return state
 
     @immediate.setter
     def immediate(self, value):
@@ -372,13 +400,62 @@ class Huey:
         woken wait up to that many seconds for one. Undecodable messages are logged and set
         aside, and the next message is tried."""
         storage = self.storage
+        if self.reliable:
+            return self._dequeue_reliable(timeout)
         while True:
             data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
             if data is None:
                 return None
+            crashpoint('after_dequeue')
             task = self._decode_or_set_aside(data)
             if task is not None:
                 return task
+
+    def _dequeue_reliable(self, timeout):
+        storage = self.storage
+        deliveries = self._deliveries()
+        if timeout is None and storage.blocking:
+            timeout = getattr(storage, 'read_timeout', None)
+        while True:
+            token = deliveries.new_token()
+            got = storage.dequeue_reliable(deliveries.consumer, token, self.lease, timeout)
+            if got is None:
+                return None
+            deliveries.hold(token)
+            crashpoint('after_dequeue')
+            task = self._decode_or_set_aside(got[0])
+            if task is not None:
+                task._delivery = token
+                task._deliveries = got[1]
+                return task
+            deliveries.release(token)
+            storage.ack(token)
+
+    def recover_expired(self):
+        """Requeue in-flight messages whose lease expired (dead-letter those delivered
+        ``max_deliveries`` times); returns (requeued, dead-lettered). The consumer's
+        scheduler calls this on every pass in reliable mode."""
+        if not self.reliable:
+            return 0, 0
+        requeued, dead = self.storage.recover_expired(self.max_deliveries)
+        if requeued:
+            logger.warning('Requeued %d task(s) whose consumer stopped renewing its lease.',
+                           requeued)
+        for data, deliveries in dead:
+            self._dead_letter(data, f'delivered {deliveries} times without completing '
+                              f'(max_deliveries={self.max_deliveries})', deliveries)
+        return requeued, len(dead)
+
+    def _dead_letter(self, data, reason, deliveries):
+        put = getattr(self.storage, 'put_dead_letter', None)
+        if put is not None:
+            try:
+                put(data, reason, deliveries)
+                return
+            except NotImplementedError:
+                pass
+        logger.error('Dropping a message: %s (this storage has no dead-letter queue). '
+                     'First bytes: %r', reason, bytes(data[:32]))
 
     def _decode_or_set_aside(self, data):
         """The task in a message taken off the queue or schedule, or None when it cannot be
@@ -497,6 +574,41 @@ class Huey:
     def execute(self, task, timestamp=None):
         """Run a task now if it is due, not revoked and not expired (a task that is not
         due yet goes to the schedule). Returns the task's value."""
+        token = getattr(task, '_delivery', None)
+        if token is None:
+            value = self._execute_if_due(task, timestamp)
+            crashpoint('after_result_before_ack')  # nothing to ack: the same point for tests
+            return value
+        deliveries = self._deliveries()
+        try:
+            value = self._execute_if_due(task, timestamp)
+        except BaseException:
+            # Not acked: the lease runs out and the message is delivered again.
+            deliveries.release(token)
+            raise
+        if task._delivery is not None:  # None: the run lost its lease or was interrupted
+            crashpoint('after_result_before_ack')
+            deliveries.release(token)
+            if not self.storage.ack(token):
+                logger.warning('Task %s finished after its delivery was recovered.', task.id)
+        return value
+
+    def _lost_delivery(self, task):
+        """Reliable mode fence: False when this run still owns its delivery (its lease is
+        renewed now); True, and nothing must be recorded, when it was recovered."""
+        token = getattr(task, '_delivery', None)
+        if token is None:
+            return False
+        deliveries = self._deliveries()
+        if deliveries.still_ours(token):
+            return False
+        logger.warning('Task %s finished after its lease expired and it was requeued; '
+                       'its result and continuation are not recorded.', task.id)
+        deliveries.release(token)
+        task._delivery = None
+        return True
+
+    def _execute_if_due(self, task, timestamp=None):
         if timestamp is None:
             timestamp = self._get_timestamp()
         if not self.ready_to_run(task, timestamp):
@@ -527,7 +639,14 @@ class Huey:
         try:
             value, exception, retry_eta = self._run_task(task)
         except _Interrupted:
+            token = getattr(task, '_delivery', None)
+            if token is not None:  # not acked: delivered again once the lease runs out
+                self._deliveries().release(token)
+                task._delivery = None
             return None
+        crashpoint('mid_task')
+        if self._lost_delivery(task):
+            return value
 
         # A revocation made while this run was in progress applies to this run only, so the
         # flag is deleted now (together with storing the result where that saves a round
@@ -792,6 +911,44 @@ class Huey:
         if timestamp is None:
             timestamp = self._get_timestamp()
         return self._deserialize_all(self.storage.read_schedule(timestamp))
+
+    def move_due_to_queue(self, timestamp=None):
+        """Move due scheduled tasks to the queue inside the storage, so a crash cannot lose
+        one between the schedule and the queue; returns the moved tasks, or None when the
+        storage cannot (then use ``read_schedule`` and ``enqueue``)."""
+        move = getattr(self.storage, 'move_due_to_queue', None)
+        if move is None:
+            return None
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        decoded = {}
+
+        def priority_of(data):
+            crashpoint('mid_schedule_move')
+            try:
+                task = decoded[bytes(data)] = self.deserialize_task(data)
+            except Exception:
+                return 0  # moved as it is; the dequeue sets it aside
+            return task.priority
+
+        moved = move(timestamp, priority_of)
+        tasks = []
+        for data in moved:
+            task = decoded.get(bytes(data))
+            if task is None:
+                task = self._try_decode(data)
+            if task is not None:
+                tasks.append(task)
+                self._emit(S.SIGNAL_ENQUEUED, task)
+        if moved:
+            crashpoint('mid_schedule_move')
+        return tasks
+
+    def _try_decode(self, data):
+        try:
+            return self.deserialize_task(data)
+        except Exception:
+            return None
 
     def _deserialize_all(self, messages):
         """Tasks of messages removed from the schedule; undecodable ones are set aside."""

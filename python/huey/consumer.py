@@ -27,6 +27,7 @@ except ImportError:
 
 from huey.constants import WORKER_GREENLET, WORKER_PROCESS, WORKER_THREAD, WORKER_TYPES
 from huey.exceptions import ConfigurationError, TaskTimeout
+from huey.reliable import crashpoint
 from huey.utils import noop_context
 
 logger = logging.getLogger('huey.consumer')
@@ -158,16 +159,37 @@ class Scheduler(BaseProcess):
             self._logger.debug('scheduler skipping iteration to avoid race.')
             self._next_loop = time.monotonic()
             return
+        if self.huey.reliable:
+            try:
+                self.huey.recover_expired()
+            except Exception:
+                self._logger.exception('Error recovering expired leases.')
+        self.move_due_tasks(now)
+        if self.periodic and self._next_periodic <= time.monotonic():
+            self.check_periodic(now)
+        self.sleep_for_interval(current, self.interval)
+
+    def move_due_tasks(self, now=None):
+        """Move due scheduled tasks to the queue: inside the storage in one atomic step
+        where it can, else read the schedule and enqueue each task."""
+        try:
+            moved = self.huey.move_due_to_queue(now)
+        except Exception:
+            self._logger.exception('Error moving due tasks to the queue.')
+            return
+        if moved is not None:
+            for task in moved:
+                self._logger.debug('Enqueued %s', task)
+            return
         try:
             due = self.huey.read_schedule(now)
         except Exception:
             self._logger.exception('Error reading schedule.')
-        else:
-            for task in due:
-                self._enqueue(task, 'Error enqueueing %s.')
-        if self.periodic and self._next_periodic <= time.monotonic():
-            self.check_periodic(now)
-        self.sleep_for_interval(current, self.interval)
+            return
+        if due:
+            crashpoint('mid_schedule_move')
+        for task in due:
+            self._enqueue(task, 'Error enqueueing %s.')
 
     def check_periodic(self, now=None):
         """Enqueue this minute's periodic tasks, unless this minute was already checked."""

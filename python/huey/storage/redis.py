@@ -75,6 +75,94 @@ return record
 
 _DEAD_HEADER = struct.Struct('>dII')
 
+# Reliable delivery (``Huey(reliable=True)``): the next message moves into the in-flight
+# hash under the caller's delivery token, with a lease and its delivery count, atomically.
+# ARGV: token, lease_until, consumer, '1' for a sorted-set (priority) queue.
+RELIABLE_POP_LUA = """\
+local member, score
+if ARGV[4] == '1' then
+    local popped = redis.call('ZPOPMIN', KEYS[1])
+    if #popped == 0 then return false end
+    member, score = popped[1], popped[2]
+else
+    member = redis.call('RPOP', KEYS[1])
+    if not member then return false end
+    score = '0'
+end
+local before = redis.call('HGET', KEYS[5], member)
+if before then redis.call('HDEL', KEYS[5], member) end
+local deliveries = (tonumber(before) or 0) + 1
+redis.call('HSET', KEYS[2], ARGV[1], member)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], deliveries .. ' ' .. score .. ' ' .. ARGV[3])
+return {member, deliveries}
+"""
+
+# Expired leases: back to the queue (where the next pop takes them) with their delivery
+# count remembered, or, at the delivery cap, removed and returned for the dead-letter queue.
+# ARGV: now, cap, '1' for a sorted-set queue. Returns {requeued, {member, deliveries, ...}}.
+RELIABLE_RECOVER_LUA = """\
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+local dead, moved = {}, 0
+for _, token in ipairs(expired) do
+    local member = redis.call('HGET', KEYS[2], token)
+    local meta = redis.call('HGET', KEYS[3], token) or '1 0'
+    redis.call('ZREM', KEYS[1], token)
+    redis.call('HDEL', KEYS[2], token)
+    redis.call('HDEL', KEYS[3], token)
+    if member then
+        local count, score = string.match(meta, '^(%d+) (%S+)')
+        count = tonumber(count)
+        if count >= tonumber(ARGV[2]) then
+            table.insert(dead, member)
+            table.insert(dead, count)
+        else
+            if ARGV[3] == '1' then
+                redis.call('ZADD', KEYS[4], score, member)
+            else
+                redis.call('RPUSH', KEYS[4], member)
+            end
+            redis.call('HSET', KEYS[5], member, count)
+            moved = moved + 1
+        end
+    end
+end
+return {moved, dead}
+"""
+
+RELIABLE_ACK_LUA = """\
+local owned = redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return owned
+"""
+
+# Due schedule entries into the list queue in one step (LPUSH in score order, as huey's
+# scheduler enqueues them one by one).
+SCHEDULE_MOVE_LUA = """\
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if #due > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1)
+    for i = 1, #due, 1000 do
+        redis.call('LPUSH', KEYS[2], unpack(due, i, math.min(i + 999, #due)))
+    end
+end
+return due
+"""
+
+# Sorted-set queues: move the given schedule entries (data, member, score triples) that are
+# still scheduled; entries another scheduler moved meanwhile are skipped.
+SCHEDULE_MOVE_PRIORITY_LUA = """\
+local moved = {}
+for i = 1, #ARGV, 3 do
+    if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+        redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 1])
+        table.insert(moved, ARGV[i])
+    end
+end
+return moved
+"""
+
 # Backoff between reconnection attempts in dequeue_wait while the server is unreachable.
 _RETRY_MIN = 0.05
 _RETRY_MAX = 2.0
@@ -116,6 +204,11 @@ class RedisStorage(BaseStorage):
         self.conn = self.redis_client(connection_pool=connection_pool)
         self.connection_params = connection_params
         self._pop = self.conn.register_script(SCHEDULE_POP_LUA)
+        self._reliable_pop = self.conn.register_script(RELIABLE_POP_LUA)
+        self._reliable_recover = self.conn.register_script(RELIABLE_RECOVER_LUA)
+        self._reliable_ack = self.conn.register_script(RELIABLE_ACK_LUA)
+        self._schedule_move = self.conn.register_script(SCHEDULE_MOVE_LUA)
+        self._schedule_move_priority = self.conn.register_script(SCHEDULE_MOVE_PRIORITY_LUA)
 
         self.name = self.clean_name(name) if clean_name else name
         self.queue_key = f'huey.redis.{self.name}'
@@ -128,6 +221,12 @@ class RedisStorage(BaseStorage):
         self.dead_seq_key = f'huey.dead.seq.{self.name}'
         self._dead_put = self.conn.register_script(DEAD_PUT_LUA)
         self._dead_pop = self.conn.register_script(DEAD_POP_LUA)
+
+        # Reliable delivery only (huey 3.5.4 never reads these).
+        self.inflight_key = f'huey.inflight.{self.name}'
+        self.lease_key = f'huey.lease.{self.name}'
+        self.inflight_meta_key = f'huey.inflight_meta.{self.name}'
+        self.redelivery_key = f'huey.redelivery.{self.name}'
         self.notify_result = notify_result
         self.notify_result_ttl = notify_result_ttl
         self.blocking = blocking
@@ -256,6 +355,81 @@ class RedisStorage(BaseStorage):
 
     def flush_queue(self):
         self.conn.delete(self.queue_key)
+
+    # Reliable delivery -------------------------------------------------------------------
+
+    _queue_is_zset = False
+    _member_offset = 0  # Bytes of queue-member prefix before the message data.
+    reliable_poll_max = 0.05  # Longest sleep between pops while waiting for a message.
+
+    def _reliable_keys(self):
+        return [self.queue_key, self.inflight_key, self.lease_key, self.inflight_meta_key,
+                self.redelivery_key]
+
+    def dequeue_reliable(self, consumer, token, lease, timeout=None):
+        """Move the next message into the in-flight hash under ``token`` (one Lua script);
+        returns ``(data, deliveries)`` or None. Waits up to ``timeout`` seconds by polling
+        (a script cannot block), sleeping 1 ms growing to ``reliable_poll_max``."""
+        deadline = time.monotonic() + (timeout or 0)
+        delay = 0.001
+        while True:
+            got = self._reliable_pop(
+                keys=self._reliable_keys(),
+                args=[token, time.time() + lease, consumer, '1' if self._queue_is_zset else '0'])
+            if got:
+                return bytes(got[0][self._member_offset:]), int(got[1])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.reliable_poll_max)
+
+    def renew_leases(self, tokens, lease):
+        """Extend the leases of ``tokens`` (one ZADD XX per 500); returns how many are
+        still in flight."""
+        tokens = list(tokens)
+        until = time.time() + lease
+        renewed = 0
+        for i in range(0, len(tokens), 500):
+            mapping = dict.fromkeys(tokens[i:i + 500], until)
+            renewed += self.conn.zadd(self.lease_key, mapping, xx=True, ch=True)
+        return renewed
+
+    def ack(self, token):
+        """Remove the in-flight entry ``token``; False when it was already recovered."""
+        return bool(self._reliable_ack(
+            keys=[self.lease_key, self.inflight_key, self.inflight_meta_key], args=[token]))
+
+    def recover_expired(self, max_deliveries, now=None):
+        """Put in-flight entries whose lease expired back in the queue (one script, up to
+        1000 per call); at ``max_deliveries`` they are removed and returned instead.
+        Returns ``(requeued, [(data, deliveries)])``."""
+        now = time.time() if now is None else now
+        moved, dead = self._reliable_recover(
+            keys=[self.lease_key, self.inflight_key, self.inflight_meta_key, self.queue_key,
+                  self.redelivery_key],
+            args=[now, max_deliveries, '1' if self._queue_is_zset else '0'])
+        return int(moved), [(bytes(dead[i][self._member_offset:]), int(dead[i + 1]))
+                            for i in range(0, len(dead), 2)]
+
+    def inflight_items(self):
+        """``[(token, consumer, deliveries, lease_until, data)]``."""
+        leases = self.conn.zrange(self.lease_key, 0, -1, withscores=True)
+        items = []
+        for token, until in leases:
+            member = self.conn.hget(self.inflight_key, token)
+            meta = (self.conn.hget(self.inflight_meta_key, token) or b'1 0 ?').split(b' ', 2)
+            if member is not None:
+                items.append((_text(token), _text(meta[2]), int(meta[0]), until,
+                              member[self._member_offset:]))
+        return items
+
+    def move_due_to_queue(self, ts, priority_of=None):
+        """Move every schedule entry due at ``ts`` into the queue in one Lua script, so no
+        crash can leave a task in neither; returns the moved messages."""
+        return self._schedule_move(keys=[self.schedule_key, self.queue_key],
+                                   args=[self.convert_ts(ts)])
+
 
     # Schedule ----------------------------------------------------------------------------
 
@@ -569,6 +743,23 @@ class RedisPriorityQueue:
         except ResponseError as exc:
             self._needs_redis_5(exc)
         return items[0][0][8:] if items else None
+
+    _queue_is_zset = True
+    _member_offset = 8
+
+    def move_due_to_queue(self, ts, priority_of=None):
+        """Move due schedule entries into the sorted-set queue with their priorities: read
+        them, then one script moves those still scheduled (a crash in between moves
+        nothing); returns the moved messages."""
+        due = self.conn.zrangebyscore(self.schedule_key, '-inf', self.convert_ts(ts))
+        if not due:
+            return []
+        args = []
+        for data in due:
+            priority = (priority_of(data) if priority_of else 0) or 0
+            args.extend((data, self._member(data), -priority))
+        return self._schedule_move_priority(keys=[self.schedule_key, self.queue_key],
+                                            args=args)
 
     def queue_size(self):
         return self.conn.zcard(self.queue_key)

@@ -363,14 +363,9 @@ class SqliteStorage(BaseStorage):
                         + ','.join(['(?, ?, ?)'] * len(chunk)), params, 'enqueueing tasks')
 
     def dequeue(self):
-        local = self._local
-        conn = self.conn
-        version = None
-        if not local.found_last:
-            # Read before looking, so that a commit racing with the look still moves it.
-            version = self._data_version(conn)
-            if version == local.empty_at_version:
-                return None  # Nothing committed since the queue was last seen empty.
+        return self._dequeue_using(self._pop_task)
+
+    def _pop_task(self, conn):
         if _HAS_RETURNING:
             rows = self._run(
                 conn,
@@ -382,9 +377,22 @@ class SqliteStorage(BaseStorage):
                 'task',
                 'id = (select id from task where queue = ? order by priority desc, id limit 1)',
                 (self.name,), 'data', 'dequeueing a task')
-        local.found_last = bool(rows)
-        local.empty_at_version = None if rows else version
         return rows[0][0] if rows else None
+
+    def _dequeue_using(self, pop):
+        """Run ``pop(conn)`` unless nothing was committed since the queue was seen empty."""
+        local = self._local
+        conn = self.conn
+        version = None
+        if not local.found_last:
+            # Read before looking, so that a commit racing with the look still moves it.
+            version = self._data_version(conn)
+            if version == local.empty_at_version:
+                return None  # Nothing committed since the queue was last seen empty.
+        found = pop(conn)
+        local.found_last = found is not None
+        local.empty_at_version = None if found is not None else version
+        return found
 
     def _data_version(self, conn):
         return conn.execute('pragma data_version').fetchone()[0]
@@ -397,26 +405,29 @@ class SqliteStorage(BaseStorage):
         an idle wait costs no CPU. Elsewhere it polls ``PRAGMA data_version`` (a read of the
         shared-memory WAL index, no table access) every 0.5-2 ms.
         """
-        data = self.dequeue()
+        return self._wait_using(self.dequeue, timeout)
+
+    def _wait_using(self, dequeue, timeout):
+        data = dequeue()
         if data is not None or timeout is None or timeout <= 0:
             return data
         deadline = time.monotonic() + timeout
         watcher = self._watcher()
         if watcher is None:
-            return self._poll_wait(deadline)
+            return self._poll_wait(deadline, dequeue=dequeue)
         while True:
             # Drain, then look: a commit landing after the drain raises a fresh event.
             written = watcher.drain()
             if written is None:
                 self._local.watcher = None
                 self._discard_locked(watcher)
-                return self._poll_wait(deadline)
-            data = self.dequeue()
+                return self._poll_wait(deadline, dequeue=dequeue)
+            data = dequeue()
             if data is None and written:
                 # The event fires when the WAL frames are written, which can be before the
                 # commit is published (after an fsync), so watch the commit itself land.
                 grace = min(deadline, time.monotonic() + self.commit_grace)
-                data = self._poll_wait(grace, until_commit=True)
+                data = self._poll_wait(grace, until_commit=True, dequeue=dequeue)
             if data is not None:
                 return data
             remaining = deadline - time.monotonic()
@@ -441,15 +452,16 @@ class SqliteStorage(BaseStorage):
         with self.lock:
             self._discard(closable)
 
-    def _poll_wait(self, deadline, until_commit=False):
+    def _poll_wait(self, deadline, until_commit=False, dequeue=None):
         """Poll data_version until a message arrives or ``deadline``; with ``until_commit``
         give up at the first commit seen (a message or not)."""
+        dequeue = dequeue or self.dequeue
         baseline = self._local.empty_at_version if until_commit else None
         interval = self.poll_interval_min
         while True:
             # self.conn each time: close() from another thread may have replaced it.
             if baseline is None or self._data_version(self.conn) != baseline:
-                data = self.dequeue()
+                data = dequeue()
                 if data is not None or (until_commit and baseline is not None):
                     return data
                 baseline = self._local.empty_at_version
@@ -636,3 +648,145 @@ class SqliteStorage(BaseStorage):
     def dead_letter_count(self):
         return self._rows('select count(*) from dead_letter where queue = ?',
                           (self.name,))[0][0]
+
+    # Reliable delivery (opt-in, ``Huey(reliable=True)``) -----------------------------------
+    #
+    # Two side tables, created on first use; huey 3.5.4's tables are untouched:
+    #     huey_inflight(token text primary key, queue, consumer, data, priority, deliveries,
+    #                   lease_until real)    one row per message being run, keyed by delivery
+    #     huey_redelivery(queue, task_id, data, deliveries)   how often a message that went
+    #                   back to ``task`` was delivered before (joined by task row id + data)
+
+    _RELIABLE_DDL = (
+        'create table if not exists huey_inflight (token text not null primary key, '
+        'queue text not null, consumer text not null, data blob not null, '
+        'priority real not null default 0.0, deliveries integer not null, '
+        'lease_until real not null)',
+        'create index if not exists huey_inflight_queue_lease on huey_inflight '
+        '(queue, lease_until)',
+        'create table if not exists huey_redelivery (queue text not null, '
+        'task_id integer not null, data blob not null, deliveries integer not null, '
+        'primary key (queue, task_id))',
+    )
+    _reliable_ready = False
+
+    def _transaction(self, what):
+        """A ``begin immediate`` ... ``commit`` block on this thread's connection."""
+        storage = self
+
+        class _Txn:
+            def __enter__(self):
+                storage._local.empty_at_version = None
+                self.conn = storage.conn
+                storage._run(self.conn, 'begin immediate', (), what)
+                return self.conn
+
+            def __exit__(self, exc_type, exc, tb):
+                if exc_type is None:
+                    self.conn.execute('commit')
+                else:
+                    self.conn.rollback()
+
+        return _Txn()
+
+    def _ensure_reliable_tables(self):
+        if not self._reliable_ready:
+            with self._transaction('creating the in-flight tables') as conn:
+                for sql in self._RELIABLE_DDL:
+                    conn.execute(sql)
+            self._reliable_ready = True
+
+    def dequeue_reliable(self, consumer, token, lease, timeout=None):
+        """Move the next message into ``huey_inflight`` under ``token`` (one transaction);
+        returns ``(data, deliveries)`` or None. ``timeout`` waits as ``dequeue_wait``."""
+        self._ensure_reliable_tables()
+
+        def pop(conn):
+            with self._transaction('dequeueing a task') as conn:
+                rows = conn.execute(
+                    'delete from task where id = (select id from task where queue = ? '
+                    'order by priority desc, id limit 1) returning id, data, priority',
+                    (self.name,)).fetchall()
+                if not rows:
+                    return None
+                task_id, data, priority = rows[0]
+                before = conn.execute(
+                    'delete from huey_redelivery where queue = ? and task_id = ? and data = ? '
+                    'returning deliveries', (self.name, task_id, data)).fetchall()
+                deliveries = (before[0][0] if before else 0) + 1
+                conn.execute(
+                    'insert into huey_inflight (token, queue, consumer, data, priority, '
+                    'deliveries, lease_until) values (?, ?, ?, ?, ?, ?, ?)',
+                    (token, self.name, consumer, data, priority, deliveries,
+                     time.time() + lease))
+            return data, deliveries
+
+        return self._wait_using(lambda: self._dequeue_using(pop), timeout)
+
+    def renew_leases(self, tokens, lease):
+        """Extend the lease of every in-flight entry in ``tokens`` (one statement per 500);
+        returns how many are still in flight."""
+        self._ensure_reliable_tables()
+        tokens = list(tokens)
+        until = time.time() + lease
+        renewed = 0
+        for i in range(0, len(tokens), _CHUNK):
+            chunk = tokens[i:i + _CHUNK]
+            renewed += self._write(
+                f'update huey_inflight set lease_until = ? where queue = ? and token in '
+                f'({",".join("?" * len(chunk))})', (until, self.name, *chunk),
+                'renewing leases').rowcount
+        return renewed
+
+    def ack(self, token):
+        """Remove the in-flight entry ``token``; False when it is no longer there (it was
+        recovered after its lease expired)."""
+        self._ensure_reliable_tables()
+        return self._write('delete from huey_inflight where queue = ? and token = ?',
+                           (self.name, token), 'acknowledging a task').rowcount > 0
+
+    def recover_expired(self, max_deliveries, now=None):
+        """In one transaction, put every in-flight entry whose lease expired back in the
+        queue, except those delivered ``max_deliveries`` times already: those are removed
+        and returned as ``[(data, deliveries)]`` for the dead-letter queue."""
+        self._ensure_reliable_tables()
+        now = time.time() if now is None else now
+        dead = []
+        with self._transaction('recovering expired leases') as conn:
+            rows = conn.execute(
+                'delete from huey_inflight where queue = ? and lease_until < ? '
+                'returning data, priority, deliveries', (self.name, now)).fetchall()
+            for data, priority, deliveries in rows:
+                if deliveries >= max_deliveries:
+                    dead.append((data, deliveries))
+                    continue
+                task_id = conn.execute(
+                    'insert into task (queue, data, priority) values (?, ?, ?)',
+                    (self.name, data, priority)).lastrowid
+                conn.execute(
+                    'insert or replace into huey_redelivery (queue, task_id, data, deliveries)'
+                    ' values (?, ?, ?, ?)', (self.name, task_id, data, deliveries))
+        return len(rows) - len(dead), dead
+
+    def inflight_items(self):
+        """``[(token, consumer, deliveries, lease_until, data)]`` for this queue."""
+        self._ensure_reliable_tables()
+        return self._rows('select token, consumer, deliveries, lease_until, data from '
+                          'huey_inflight where queue = ? order by lease_until', (self.name,))
+
+    def move_due_to_queue(self, ts, priority_of=None):
+        """Move every scheduled message due at ``ts`` into the queue in one transaction
+        (a crash before the commit leaves them all scheduled); returns the moved messages.
+        ``priority_of(data)`` gives each message's priority."""
+        with self._transaction('moving due tasks to the queue') as conn:
+            rows = conn.execute(
+                'delete from schedule where queue = ? and timestamp <= ? '
+                'returning timestamp, id, data', (self.name, ts.timestamp())).fetchall()
+            rows.sort(key=lambda row: (row[0], row[1]))
+            moved = [data for _, _, data in rows]
+            if moved:
+                params = [(self.name, data, (priority_of(data) if priority_of else 0) or 0)
+                          for data in moved]
+                conn.executemany('insert into task (queue, data, priority) values (?, ?, ?)',
+                                 params)
+        return moved

@@ -1,0 +1,101 @@
+"""Reliable delivery (``Huey(reliable=True)``) on Sqlite and Redis: in-flight moves, acks,
+lease renewal, recovery, the delivery cap, fencing, and the atomic schedule move."""
+
+import datetime
+import time
+
+import pytest
+
+from huey import RedisHuey, SqliteHuey
+from huey.api import PriorityRedisHuey
+
+
+@pytest.fixture(params=['sqlite', 'redis', 'priority_redis'])
+def make_huey(request, tmp_path):
+    def make(**kwargs):
+        if request.param == 'sqlite':
+            return SqliteHuey('rel', filename=str(tmp_path / 'q.db'), **kwargs)
+        server = request.getfixturevalue('redis_db')
+        cls = RedisHuey if request.param == 'redis' else PriorityRedisHuey
+        return cls('rel', blocking=False, **server.connection_params, **kwargs)
+    return make
+
+
+def test_default_mode_keeps_nothing_in_flight(make_huey):
+    huey = make_huey()
+    add = huey.task()(lambda a, b: a + b)
+    add(1, 2)
+    assert not huey.reliable
+    task = huey.dequeue()
+    assert huey.storage.inflight_items() == []
+    assert huey.execute(task) == 3
+
+
+def test_reliable_dequeue_holds_the_message_until_the_ack(make_huey):
+    huey = make_huey(reliable=True, lease=30)
+    add = huey.task()(lambda a, b: a + b)
+    result = add(1, 2)
+    task = huey.dequeue()
+    assert huey.pending_count() == 0
+    [(token, consumer, deliveries, _, data)] = huey.storage.inflight_items()
+    assert token == task._delivery and deliveries == 1
+    assert huey.deserialize_task(data).id == task.id
+    assert huey.execute(task) == 3
+    assert result.get() == 3
+    assert huey.storage.inflight_items() == []
+    assert huey.storage.ack(token) is False
+
+
+def test_expired_lease_is_redelivered_then_dead_lettered_at_the_cap(make_huey):
+    huey = make_huey(reliable=True, lease=30, max_deliveries=2)
+    huey.task()(lambda: 1)()
+    first = huey.dequeue()
+    assert huey.storage.recover_expired(2, now=time.time()) == (0, [])  # lease still valid
+    assert huey.storage.recover_expired(2, now=time.time() + 31) == (1, [])
+    second = huey.dequeue()
+    assert second.id == first.id and second._deliveries == 2
+    requeued, dead = huey.storage.recover_expired(2, now=time.time() + 31)
+    assert requeued == 0 and len(dead) == 1
+    assert dead[0][1] == 2 and huey.deserialize_task(dead[0][0]).id == first.id
+    assert huey.pending_count() == 0 and huey.storage.inflight_items() == []
+
+
+def test_renewal_is_batched_and_reports_what_is_still_in_flight(make_huey):
+    huey = make_huey(reliable=True, lease=30)
+    fn = huey.task()(lambda: 1)
+    for _ in range(3):
+        fn()
+    tokens = [huey.dequeue()._delivery for _ in range(3)]
+    assert huey.storage.renew_leases(tokens + ['not-a-token'], 30) == 3
+    leases = [until for _, _, _, until, _ in huey.storage.inflight_items()]
+    assert all(until > time.time() + 29 for until in leases)
+
+
+def test_late_finisher_is_fenced(make_huey):
+    huey = make_huey(reliable=True, lease=30)
+    fn = huey.task(name='first')(lambda: 'late')
+    pipe = fn.s().then(huey.task(name='then')(lambda value: value))
+    huey.enqueue(pipe)
+    stale = huey.dequeue()
+    huey.storage.recover_expired(3, now=time.time() + 31)  # consumer presumed dead
+    fresh = huey.dequeue()
+    assert fresh.id == stale.id and fresh._delivery != stale._delivery
+    # The stale run finishes first: no result, no continuation.
+    assert huey.execute(stale) == 'late'
+    assert huey.result(stale.id, preserve=True) is None and huey.pending_count() == 0
+    assert huey.execute(fresh) == 'late'
+    assert huey.result(stale.id) == 'late' and huey.pending_count() == 1
+
+
+def test_move_due_to_queue_keeps_order_and_priority(make_huey):
+    huey = make_huey()
+    fn = huey.task()(lambda n: n)
+    now = huey._get_timestamp()
+    for n, offset in [(0, -3), (99, 3600), (1, -2), (2, -1)]:
+        task = fn.s(n)
+        task.eta = now + datetime.timedelta(seconds=offset)
+        huey.add_schedule(task)
+    moved = huey.move_due_to_queue(now)
+    assert [t.args for t in moved] == [(0,), (1,), (2,)]
+    assert huey.scheduled_count() == 1 and huey.pending_count() == 3
+    assert [huey.dequeue().args for _ in range(3)] == [(0,), (1,), (2,)]
