@@ -668,8 +668,11 @@ class Huey:
             task._deadline = start + task.timeout
         self._tasks_in_flight.add(task)
         try:
-            with self._timeout_context(task):
-                value = task.execute()
+            if task.timeout and self._timeout_handler is not None:
+                with self._timeout_handler(task.timeout):
+                    value = task.execute()
+            else:
+                value = task.execute()  # no context manager to enter on the common path
         except TaskTimeout as exc:
             logger.warning('Task %s timed out after %ss.', task.id, task.timeout)
             self._emit(S.SIGNAL_TIMEOUT, task)
@@ -837,7 +840,10 @@ class Huey:
     def _task_key(self, task_class, key):
         if isinstance(task_class, TaskWrapper):
             task_class = task_class.task_class
-        return f'{key}:{self._registry.task_to_string(task_class)}'
+        name = self._registry._names.get(task_class)
+        if name is None:
+            name = self._registry.task_to_string(task_class)
+        return f'{key}:{name}'
 
     def revoke_all(self, task_class, revoke_until=None, revoke_once=False):
         if revoke_until is not None:
