@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test test-rust test-python dev wheel lint bench bench-quick redis-server clean
+.PHONY: demo test test-rust test-python dev wheel lint bench bench-quick soak crash-matrix \
+	redis-server clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,15 @@ bench: redis-server dev
 
 bench-quick: redis-server dev
 	$(PY) benches/run.py --quick
+
+# 200,000 tasks through 4 consumer processes on Redis and on Sqlite (not part of `make test`).
+soak: redis-server dev
+	$(PY) benches/soak.py --storage redis --tasks 200000
+	$(PY) benches/soak.py --storage sqlite --tasks 200000
+
+# The crash matrix of `make test`, with ten times the tasks per cell.
+crash-matrix: redis-server dev
+	HUEY_CRASH_MATRIX_TASKS=200 $(PY) -m pytest -q -s tests/test_crash_matrix.py
 
 clean:
 	rm -rf target dist $(VENV) .pytest_cache .hypothesis
