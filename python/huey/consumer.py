@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import random
 import select
 import signal
 import sys
@@ -84,6 +85,7 @@ class Worker(BaseProcess):
         self.backoff = backoff
         self.max_tasks = max_tasks
         self.task_count = 0
+        self.read_failures = 0  # consecutive failed reads: one outage is logged once
         # Whether to let a waking storage block this worker (not for greenlets: a native
         # wait would block every greenlet in the process).
         self.storage_wait = True
@@ -114,9 +116,17 @@ class Worker(BaseProcess):
             else:
                 task = self.huey.dequeue()
         except Exception:
-            self._logger.exception('Error reading from queue')
-            self.sleep()
+            self.read_failures += 1
+            if self.read_failures == 1:
+                self._logger.exception('Error reading from queue')
+            else:
+                self._logger.debug('Queue still unreachable (%d attempts).', self.read_failures)
+            self.sleep(jitter=True)
             return
+        if self.read_failures:
+            self._logger.info('Queue reachable again after %d failed attempt(s).',
+                              self.read_failures)
+            self.read_failures = 0
         if task is None:
             if not self.huey.storage.blocking and not self._waits_in_storage():
                 self.sleep()
@@ -131,9 +141,11 @@ class Worker(BaseProcess):
             self._logger.info('Worker reached max tasks (%d), exiting.', self.max_tasks)
             raise WorkerRecycle()
 
-    def sleep(self):
+    def sleep(self, jitter=False):
+        """Back off before polling again; ``jitter`` spreads the retries of many workers
+        after an outage so they do not reconnect in lockstep."""
         self.delay = min(self.delay, self.max_delay)
-        self.stop_flag.wait(self.delay)
+        self.stop_flag.wait(self.delay * random.uniform(0.5, 1.5) if jitter else self.delay)
         self.delay *= self.backoff
 
 
