@@ -317,15 +317,16 @@ class Huey:
     def enqueue(self, task):
         """Enqueue a task, a pipeline, a ``group`` (-> ResultGroup) or a ``chord``
         (-> ChordResult). Returns the result handle, or None when results are off."""
-        if isinstance(task, group):
-            return ResultGroup([self.enqueue(t) for t in task.tasks])
-        if isinstance(task, chord):
-            return self._enqueue_chord(task)
         if not isinstance(task, Task):
+            if isinstance(task, group):
+                return ResultGroup([self.enqueue(t) for t in task.tasks])
+            if isinstance(task, chord):
+                return self._enqueue_chord(task)
             raise TypeError(f'enqueue() takes a task, group or chord, got {task!r}')
         if task.expires:
             task.resolve_expires(self.utc)
-        self._emit(S.SIGNAL_ENQUEUED, task)
+        if self._signal.active:
+            self._emit(S.SIGNAL_ENQUEUED, task)
         if self._immediate:
             self.execute(task)
         else:

@@ -4,6 +4,7 @@ Framed bytes are identical to huey 3.5.4's: gzip or zlib streams, and signed mes
 ``payload + b':' + hex HMAC-SHA1`` keyed with ``SHA1(salt + secret)``.
 """
 
+import functools
 import logging
 import pickle
 
@@ -36,6 +37,11 @@ class Serializer:
             self._framing = Framing(bool(compression), compression_level, bool(use_zlib), key)
         else:
             self._framing = None
+            cls = type(self)
+            if (cls.serialize is Serializer.serialize
+                    and cls._serialize is Serializer._serialize):
+                # Plain pickle and nothing overridden: serialize straight into pickle.dumps.
+                self.serialize = functools.partial(pickle.dumps, protocol=self.pickle_protocol)
 
     def _signing_key(self):
         return None

@@ -163,6 +163,11 @@ def _seconds(delay):
     return delay
 
 
+# Keyword arguments that set a task's options instead of being passed to the function.
+_RESERVED = frozenset(('eta', 'delay', 'id', 'retries', 'retry_delay', 'retry_backoff',
+                       'priority', 'expires', 'timeout'))
+
+
 class TaskWrapper:
     """What ``@huey.task()`` returns: calling it enqueues the function."""
 
@@ -254,7 +259,9 @@ class TaskWrapper:
         return None
 
     def __call__(self, *args, **kwargs):
-        return self.huey.enqueue(self.s(*args, **kwargs))
+        if kwargs and not _RESERVED.isdisjoint(kwargs):
+            return self.huey.enqueue(self.s(*args, **kwargs))
+        return self.huey.enqueue(self.task_class(args, kwargs))  # no options: skip s()
 
     def call_local(self, *args, **kwargs):
         """Run the function here and now, bypassing the queue."""
