@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 pub mod crontab;
 pub mod datetime;
 mod errors;
+mod fixed_deflate;
 pub mod framing;
 pub mod schedule;
 pub mod storage;

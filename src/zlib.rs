@@ -13,6 +13,8 @@ use std::ptr;
 
 use libz_sys as z;
 
+use crate::fixed_deflate;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Gzip,
@@ -162,15 +164,8 @@ fn gzip_header(level: u32) -> [u8; 10] {
     [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]
 }
 
-/// Compresses `data` at `level` (0-9) into one gzip member or zlib stream.
-pub fn compress(data: &[u8], level: u32, format: Format) -> Result<Vec<u8>, String> {
-    let level = level.min(9);
-    let bits = window_bits_for(data.len());
-    let mut out = Vec::with_capacity(data.len() / 2 + 64);
-    match format {
-        Format::Gzip => out.extend_from_slice(&gzip_header(level)),
-        Format::Zlib => out.extend_from_slice(&zlib_header(level)),
-    }
+/// Deflates with a zlib stream cached per thread for this (level, window) setting.
+fn deflate_cached(data: &[u8], level: u32, bits: c_int, out: &mut Vec<u8>) -> Result<(), String> {
     DEFLATERS.with_borrow_mut(|cache| {
         let at = match cache
             .iter()
@@ -182,8 +177,24 @@ pub fn compress(data: &[u8], level: u32, format: Format) -> Result<Vec<u8>, Stri
                 cache.len() - 1
             }
         };
-        cache[at].deflate(data, &mut out)
-    })?;
+        cache[at].deflate(data, out)
+    })
+}
+
+/// Compresses `data` at `level` (0-9) into one gzip member or zlib stream.
+pub fn compress(data: &[u8], level: u32, format: Format) -> Result<Vec<u8>, String> {
+    let level = level.min(9);
+    let bits = window_bits_for(data.len());
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    match format {
+        Format::Gzip => out.extend_from_slice(&gzip_header(level)),
+        Format::Zlib => out.extend_from_slice(&zlib_header(level)),
+    }
+    if level > 0 && data.len() <= fixed_deflate::MAX_INPUT {
+        fixed_deflate::deflate_fixed(data, &mut out);
+    } else {
+        deflate_cached(data, level, bits, &mut out)?;
+    }
     // SAFETY: plain checksum functions over a valid slice.
     match format {
         Format::Gzip => unsafe {

@@ -38,10 +38,13 @@ class Serializer:
         else:
             self._framing = None
             cls = type(self)
+            # Plain pickle and nothing overridden: go straight to pickle, no wrapper frames.
             if (cls.serialize is Serializer.serialize
                     and cls._serialize is Serializer._serialize):
-                # Plain pickle and nothing overridden: serialize straight into pickle.dumps.
                 self.serialize = functools.partial(pickle.dumps, protocol=self.pickle_protocol)
+            if (cls.deserialize is Serializer.deserialize
+                    and cls._deserialize is Serializer._deserialize):
+                self.deserialize = pickle.loads
 
     def _signing_key(self):
         return None
