@@ -174,7 +174,11 @@ mod tests {
                 deflate_fixed(&data, &mut stream);
                 let adler = adler32(&data);
                 stream.extend_from_slice(&adler.to_be_bytes());
-                assert_eq!(decompress(&stream, Format::Zlib).unwrap(), data, "{len} {alphabet}");
+                assert_eq!(
+                    decompress(&stream, Format::Zlib).unwrap(),
+                    data,
+                    "{len} {alphabet}"
+                );
             }
         }
     }
