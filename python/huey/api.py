@@ -670,7 +670,7 @@ class Huey:
         self._tasks_in_flight.add(task)
         try:
             if task.timeout and self._timeout_handler is not None:
-                with self._timeout_handler(task.timeout):
+                with self._timeout_context(task):
                     value = task.execute()
             else:
                 value = task.execute()  # no context manager to enter on the common path
