@@ -8,6 +8,7 @@ import pytest
 
 from huey import RedisHuey, SqliteHuey
 from huey.api import PriorityRedisHuey
+from huey.signals import SIGNAL_DEAD_LETTER
 
 
 @pytest.fixture(params=['sqlite', 'redis', 'priority_redis'])
@@ -54,10 +55,14 @@ def test_expired_lease_is_redelivered_then_dead_lettered_at_the_cap(make_huey):
     assert huey.storage.recover_expired(2, now=time.time() + 31) == (1, [])
     second = huey.dequeue()
     assert second.id == first.id and second._deliveries == 2
-    requeued, dead = huey.storage.recover_expired(2, now=time.time() + 31)
-    assert requeued == 0 and len(dead) == 1
-    assert dead[0][1] == 2 and huey.deserialize_task(dead[0][0]).id == first.id
+    signalled = []
+    huey.signal(SIGNAL_DEAD_LETTER)(lambda *args: signalled.append(args))
+    assert huey.recover_expired(now=time.time() + 31) == (0, 1)
     assert huey.pending_count() == 0 and huey.storage.inflight_items() == []
+    [letter] = huey.dead_letters()
+    assert letter['deliveries'] == 2 and huey.deserialize_task(letter['data']).id == first.id
+    assert letter['reason'] == 'delivered 2 times without completing (max_deliveries=2)'
+    assert signalled == [(SIGNAL_DEAD_LETTER, None, letter['reason'], letter['id'])]
 
 
 def test_renewal_is_batched_and_reports_what_is_still_in_flight(make_huey):
@@ -99,3 +104,69 @@ def test_move_due_to_queue_keeps_order_and_priority(make_huey):
     assert [t.args for t in moved] == [(0,), (1,), (2,)]
     assert huey.scheduled_count() == 1 and huey.pending_count() == 3
     assert [huey.dequeue().args for _ in range(3)] == [(0,), (1,), (2,)]
+
+
+@pytest.mark.parametrize('kind', ['sqlite', 'redis', 'priority_redis'])
+def test_recovery_sets_over_cap_messages_aside_in_the_same_step(kind, tmp_path, request):
+    # Sqlite and Redis write the dead letter inside the recovery transaction / script, so
+    # the storage call alone (no Huey bookkeeping after it) leaves the message in the DLQ.
+    if kind == 'sqlite':
+        huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True)
+    else:
+        server = request.getfixturevalue('redis_db')
+        cls = RedisHuey if kind == 'redis' else PriorityRedisHuey
+        huey = cls('rel', blocking=False, reliable=True, **server.connection_params)
+    huey.task()(lambda: 1)()
+    task = huey.dequeue()
+    [(_, deliveries, letter_id)] = huey.storage.recover_expired(1, now=time.time() + 31)[1]
+    assert deliveries == 1
+    [letter] = huey.storage.dead_letters()
+    assert letter['id'] == letter_id and huey.deserialize_task(letter['data']).id == task.id
+    assert letter['reason'] == 'delivered 1 times without completing (max_deliveries=1)'
+    assert huey.storage.inflight_items() == [] and huey.pending_count() == 0
+
+
+def _command_calls(client, command):
+    stats = client.info('commandstats').get(f'cmdstat_{command}')
+    return stats['calls'] if stats else 0
+
+
+def test_redis_reliable_dequeue_blocks_on_the_server(redis_db):
+    import threading
+
+    import redis
+
+    huey = RedisHuey('rel', reliable=True, lease=30, read_timeout=5, **redis_db.connection_params)
+    fn = huey.task()(lambda: 'ok')
+    client = redis.Redis(**redis_db.connection_params)
+    client.config_resetstat()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(huey.dequeue()))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while _command_calls(client, 'brpoplpush') == 0:  # the waiter is blocked on the server
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    fn()
+    waiter.join(10)
+    [task] = got
+    assert huey.execute(task) == 'ok'
+    # One pop attempt before blocking, one adoption after: no polling loop.
+    assert _command_calls(client, 'evalsha') + _command_calls(client, 'eval') <= 4
+    assert client.keys('huey.staging.*') == []
+
+
+def test_redis_message_left_in_staging_by_a_dead_consumer_is_requeued(redis_db):
+    # The consumer registered its lease, BRPOPLPUSH moved a message into its staging list,
+    # then it died before adopting it: recovery puts the message back, uncounted.
+    huey = RedisHuey('rel', reliable=True, lease=30, **redis_db.connection_params)
+    fn = huey.task()(lambda: 'ok')
+    fn()
+    storage = huey.storage
+    storage.conn.zadd(storage.lease_key, {'dead-token': time.time() - 1})
+    assert storage.conn.brpoplpush(storage.queue_key, storage._staging_key('dead-token'), 1)
+    assert huey.pending_count() == 0
+    assert huey.recover_expired() == (1, 0)
+    assert huey.pending_count() == 1 and storage.conn.keys('huey.staging.*') == []
+    task = huey.dequeue()
+    assert task._deliveries == 1 and huey.execute(task) == 'ok'

@@ -51,6 +51,7 @@ from huey.storage import (
     RedisStorage,
     SqliteStorage,
 )
+from huey.storage.base import over_cap_reason
 from huey.task import PeriodicTask, Task, TaskWrapper, _signature, signature
 from huey.utils import (
     SKIPPED,
@@ -432,31 +433,42 @@ class Huey:
             deliveries.release(token)
             storage.ack(token)
 
-    def recover_expired(self):
+    def recover_expired(self, now=None):
         """Requeue in-flight messages whose lease expired (dead-letter those delivered
         ``max_deliveries`` times); returns (requeued, dead-lettered). The consumer's
         scheduler calls this on every pass in reliable mode."""
         if not self.reliable:
             return 0, 0
-        requeued, dead = self.storage.recover_expired(self.max_deliveries)
+        requeued, dead = self.storage.recover_expired(self.max_deliveries, now)
         if requeued:
             logger.warning('Requeued %d task(s) whose consumer stopped renewing its lease.',
                            requeued)
-        for data, deliveries in dead:
-            self._dead_letter(data, f'delivered {deliveries} times without completing '
-                              f'(max_deliveries={self.max_deliveries})', deliveries)
+        for item in dead:
+            # Storages that move over-cap messages into their dead-letter queue themselves
+            # (atomically with the recovery) report ``(data, deliveries, letter_id)``.
+            data, deliveries = item[0], item[1]
+            reason = over_cap_reason(deliveries, self.max_deliveries)
+            if len(item) > 2:
+                letter_id = item[2]
+                logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
+                self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
+            else:
+                self._dead_letter(data, reason, deliveries)
         return requeued, len(dead)
 
     def _dead_letter(self, data, reason, deliveries):
+        letter_id = None
         put = getattr(self.storage, 'put_dead_letter', None)
         if put is not None:
             try:
-                put(data, reason, deliveries)
-                return
+                letter_id = put(data, reason, deliveries)
+                logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
             except NotImplementedError:
                 pass
-        logger.error('Dropping a message: %s (this storage has no dead-letter queue). '
-                     'First bytes: %r', reason, bytes(data[:32]))
+        if letter_id is None:
+            logger.error('Dropping a message: %s (this storage has no dead-letter queue). '
+                         'First bytes: %r', reason, bytes(data[:32]))
+        self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
 
     def _decode_or_set_aside(self, data):
         """The task in a message taken off the queue or schedule, or None when it cannot be

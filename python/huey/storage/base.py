@@ -173,6 +173,12 @@ def dead_letter(id, data, reason, time, deliveries):
     return {'id': id, 'data': data, 'reason': reason, 'time': time, 'deliveries': deliveries}
 
 
+def over_cap_reason(deliveries, cap):
+    """The reason recorded for a message dead-lettered at the delivery cap (``deliveries``
+    may be a format placeholder such as ``'%d'``)."""
+    return f'delivered {deliveries} times without completing (max_deliveries={cap})'
+
+
 def check_limit(limit):
     """``limit`` as a non-negative int or None (a listing of dead letters)."""
     if limit is None:

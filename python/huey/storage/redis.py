@@ -19,7 +19,20 @@ one Redis. ``{name}`` is the storage name with everything but ``[A-Za-z0-9_]`` r
     huey.dead.index.{name}   ZSET   dead letter ids, score = id (oldest first)
     huey.dead.seq.{name}     STRING last dead letter id handed out (INCR)
 
-The ``huey.dead.*`` keys are huey-rs's own; huey 3.5.4 neither reads nor touches them.
+With ``Huey(reliable=True)`` (at-least-once, see ``huey.reliable``)::
+
+    huey.inflight.{name}       HASH   delivery token -> queue member being run
+    huey.inflight_meta.{name}  HASH   token -> "deliveries score consumer"
+    huey.lease.{name}          ZSET   token, score = lease end (unix time)
+    huey.redelivery.{name}     HASH   member -> deliveries so far (after a recovery)
+    huey.staging.{name}.{tok}  LIST   one message a blocking pop moved (BRPOPLPUSH) and
+                                      has not adopted into the in-flight hash yet
+
+A dequeue is one Lua script (queue -> in-flight); an idle list-queue consumer blocks in
+BRPOPLPUSH into its staging list, under a lease, so recovery finds what a crash left there.
+
+The ``huey.dead.*`` and reliable keys are huey-rs's own; huey 3.5.4 neither reads nor
+touches them.
 
 Every operation is one round trip; due schedule entries are popped atomically by a Lua script.
 """
@@ -33,16 +46,16 @@ from functools import cached_property
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
-from huey.storage.base import BaseStorage, check_limit, dead_letter
+from huey.storage.base import BaseStorage, check_limit, dead_letter, over_cap_reason
 
 try:
     from redis import ConnectionPool, Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
+    from redis.exceptions import ReadOnlyError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # The Redis storages are optional; huey works without redis-py.
     ConnectionPool = Redis = None
-    RedisConnectionError = RedisTimeoutError = ResponseError = None
+    RedisConnectionError = RedisTimeoutError = ReadOnlyError = ResponseError = None
 
 logger = logging.getLogger('huey.storage.redis')
 
@@ -99,8 +112,13 @@ return {member, deliveries}
 """
 
 # Expired leases: back to the queue (where the next pop takes them) with their delivery
-# count remembered, or, at the delivery cap, removed and returned for the dead-letter queue.
-# ARGV: now, cap, '1' for a sorted-set queue. Returns {requeued, {member, deliveries, ...}}.
+# count remembered, or, at the delivery cap, moved into the dead-letter queue in the same
+# script (so no crash can leave a message in neither). A token with no in-flight entry may
+# still hold a message in its staging list (its consumer died between the blocking move and
+# the adoption, see RELIABLE_ADOPT_LUA): that message goes back to the queue's head, not
+# counted as a delivery. KEYS: lease, inflight, meta, queue, redelivery, dead seq, dead hash,
+# dead index. ARGV: now, cap, '1' for a sorted-set queue, staging key prefix, member prefix
+# length, reason format (one %d), dead letter time. Returns {requeued, {id, deliveries, ...}}.
 RELIABLE_RECOVER_LUA = """\
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
 local dead, moved = {}, 0
@@ -114,7 +132,13 @@ for _, token in ipairs(expired) do
         local count, score = string.match(meta, '^(%d+) (%S+)')
         count = tonumber(count)
         if count >= tonumber(ARGV[2]) then
-            table.insert(dead, member)
+            local reason = string.format(ARGV[6], count)
+            local data = string.sub(member, tonumber(ARGV[5]) + 1)
+            local id = redis.call('INCR', KEYS[6])
+            redis.call('HSET', KEYS[7], id,
+                       struct.pack('>dI4I4', tonumber(ARGV[7]), count, #reason) .. reason .. data)
+            redis.call('ZADD', KEYS[8], id, id)
+            table.insert(dead, id)
             table.insert(dead, count)
         else
             if ARGV[3] == '1' then
@@ -125,9 +149,31 @@ for _, token in ipairs(expired) do
             redis.call('HSET', KEYS[5], member, count)
             moved = moved + 1
         end
+    elseif ARGV[3] ~= '1' then
+        local staged = redis.call('RPOP', ARGV[4] .. token)
+        if staged then
+            redis.call('RPUSH', KEYS[4], staged)
+            moved = moved + 1
+        end
     end
 end
 return {moved, dead}
+"""
+
+# A blocking reliable pop (list queues): the consumer registers a lease for its token, then
+# BRPOPLPUSH moves the next message into the token's staging list, then this script adopts
+# it into the in-flight hash as RELIABLE_POP_LUA does. KEYS: staging list, inflight, lease,
+# meta, redelivery. ARGV: token, lease_until, consumer.
+RELIABLE_ADOPT_LUA = """\
+local member = redis.call('RPOP', KEYS[1])
+if not member then return false end
+local before = redis.call('HGET', KEYS[5], member)
+if before then redis.call('HDEL', KEYS[5], member) end
+local deliveries = (tonumber(before) or 0) + 1
+redis.call('HSET', KEYS[2], ARGV[1], member)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], deliveries .. ' 0 ' .. ARGV[3])
+return {member, deliveries}
 """
 
 RELIABLE_ACK_LUA = """\
@@ -176,11 +222,27 @@ def _glob_escape(prefix):
     return re.sub(rb'([*?\[\]\\])', rb'\\\1', prefix)
 
 
+if Redis is not None:
+    class FailoverAwareRedis(Redis):
+        """A client that drops its pool's connections on ``ReadOnlyError``: the server it
+        talks to became a replica (a failover), so the next command connects afresh (to
+        whatever the host name or proxy now points at) instead of reusing the socket."""
+
+        def execute_command(self, *args, **options):
+            try:
+                return super().execute_command(*args, **options)
+            except ReadOnlyError:
+                self.connection_pool.disconnect()
+                raise
+else:
+    FailoverAwareRedis = None
+
+
 class RedisStorage(BaseStorage):
     """Queue in a Redis list, results and counters in two hashes, schedule in a sorted set."""
 
     priority = False  # PriorityRedisStorage supports priorities (Redis >= 5).
-    redis_client = Redis
+    redis_client = FailoverAwareRedis
 
     def __init__(self, name='huey', blocking=True, read_timeout=1, connection_pool=None,
                  url=None, client_name=None, notify_result=False, notify_result_ttl=60,
@@ -207,6 +269,7 @@ class RedisStorage(BaseStorage):
         self._reliable_pop = self.conn.register_script(RELIABLE_POP_LUA)
         self._reliable_recover = self.conn.register_script(RELIABLE_RECOVER_LUA)
         self._reliable_ack = self.conn.register_script(RELIABLE_ACK_LUA)
+        self._reliable_adopt = self.conn.register_script(RELIABLE_ADOPT_LUA)
         self._schedule_move = self.conn.register_script(SCHEDULE_MOVE_LUA)
         self._schedule_move_priority = self.conn.register_script(SCHEDULE_MOVE_PRIORITY_LUA)
 
@@ -227,6 +290,7 @@ class RedisStorage(BaseStorage):
         self.lease_key = f'huey.lease.{self.name}'
         self.inflight_meta_key = f'huey.inflight_meta.{self.name}'
         self.redelivery_key = f'huey.redelivery.{self.name}'
+        self.staging_prefix = f'huey.staging.{self.name}.'
         self.notify_result = notify_result
         self.notify_result_ttl = notify_result_ttl
         self.blocking = blocking
@@ -368,8 +432,10 @@ class RedisStorage(BaseStorage):
 
     def dequeue_reliable(self, consumer, token, lease, timeout=None):
         """Move the next message into the in-flight hash under ``token`` (one Lua script);
-        returns ``(data, deliveries)`` or None. Waits up to ``timeout`` seconds by polling
-        (a script cannot block), sleeping 1 ms growing to ``reliable_poll_max``."""
+        returns ``(data, deliveries)`` or None. When the queue is empty, waits up to
+        ``timeout`` seconds: blocking on the server for list queues (``_wait_reliable``),
+        polling (1 ms growing to ``reliable_poll_max``) for sorted sets, which have no
+        blocking move."""
         deadline = time.monotonic() + (timeout or 0)
         delay = 0.001
         while True:
@@ -381,8 +447,38 @@ class RedisStorage(BaseStorage):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            if not self._queue_is_zset:
+                got = self._wait_reliable(consumer, token, lease, remaining)
+                if got:
+                    return bytes(got[0]), int(got[1])
+                if deadline - time.monotonic() <= 0:
+                    return None
+                continue
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, self.reliable_poll_max)
+
+    def _staging_key(self, token):
+        return f'{self.staging_prefix}{token}'
+
+    def _wait_reliable(self, consumer, token, lease, timeout):
+        """Block up to ``timeout`` seconds for a message: a lease is registered for
+        ``token`` first, so if this process dies once BRPOPLPUSH has moved a message into
+        the token's staging list, recovery puts it back; then RELIABLE_ADOPT_LUA makes it
+        in flight. Returns what the adoption returned, or None."""
+        staging = self._staging_key(token)
+        wait = self._server_timeout(timeout)
+        self.conn.zadd(self.lease_key, {token: time.time() + lease + wait})
+        try:
+            moved = self.conn.brpoplpush(self.queue_key, staging, timeout=wait)
+        except RedisTimeoutError:
+            moved = None
+        if moved is None:
+            self.conn.zrem(self.lease_key, token)
+            return None
+        return self._reliable_adopt(
+            keys=[staging, self.inflight_key, self.lease_key, self.inflight_meta_key,
+                  self.redelivery_key],
+            args=[token, time.time() + lease, consumer])
 
     def renew_leases(self, tokens, lease):
         """Extend the leases of ``tokens`` (one ZADD XX per 500); returns how many are
@@ -402,26 +498,38 @@ class RedisStorage(BaseStorage):
 
     def recover_expired(self, max_deliveries, now=None):
         """Put in-flight entries whose lease expired back in the queue (one script, up to
-        1000 per call); at ``max_deliveries`` they are removed and returned instead.
-        Returns ``(requeued, [(data, deliveries)])``."""
+        1000 per call); at ``max_deliveries`` the same script moves them into the
+        dead-letter queue. Returns ``(requeued, [(None, deliveries, letter_id)])``."""
         now = time.time() if now is None else now
+        reason = over_cap_reason('%d', max_deliveries)
         moved, dead = self._reliable_recover(
             keys=[self.lease_key, self.inflight_key, self.inflight_meta_key, self.queue_key,
-                  self.redelivery_key],
-            args=[now, max_deliveries, '1' if self._queue_is_zset else '0'])
-        return int(moved), [(bytes(dead[i][self._member_offset:]), int(dead[i + 1]))
+                  self.redelivery_key, self.dead_seq_key, self.dead_key, self.dead_index_key],
+            args=[now, max_deliveries, '1' if self._queue_is_zset else '0', self.staging_prefix,
+                  self._member_offset, reason, time.time()])
+        return int(moved), [(None, int(dead[i + 1]), _text(str(dead[i])))
                             for i in range(0, len(dead), 2)]
 
     def inflight_items(self):
-        """``[(token, consumer, deliveries, lease_until, data)]``."""
+        """``[(token, consumer, deliveries, lease_until, data)]``; a message a blocking
+        pop moved into a staging list but has not adopted yet is listed with 0 deliveries
+        and consumer ``'?'``."""
         leases = self.conn.zrange(self.lease_key, 0, -1, withscores=True)
+        pipe = self.conn.pipeline(transaction=False)
+        for token, _ in leases:
+            pipe.hget(self.inflight_key, token)
+            pipe.hget(self.inflight_meta_key, token)
+            pipe.lindex(self._staging_key(_text(token)), -1)
+        replies = pipe.execute()
         items = []
-        for token, until in leases:
-            member = self.conn.hget(self.inflight_key, token)
-            meta = (self.conn.hget(self.inflight_meta_key, token) or b'1 0 ?').split(b' ', 2)
+        for i, (token, until) in enumerate(leases):
+            member, meta, staged = replies[3 * i:3 * i + 3]
             if member is not None:
+                meta = (meta or b'1 0 ?').split(b' ', 2)
                 items.append((_text(token), _text(meta[2]), int(meta[0]), until,
                               member[self._member_offset:]))
+            elif staged is not None:
+                items.append((_text(token), '?', 0, until, staged))
         return items
 
     def move_due_to_queue(self, ts, priority_of=None):

@@ -32,7 +32,7 @@ import threading
 import time
 
 from huey.constants import EmptyData
-from huey.storage.base import BaseStorage, check_limit, dead_letter
+from huey.storage.base import BaseStorage, check_limit, dead_letter, over_cap_reason
 
 # DELETE ... RETURNING needs sqlite 3.35; older libraries use an explicit write transaction.
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -747,8 +747,8 @@ class SqliteStorage(BaseStorage):
 
     def recover_expired(self, max_deliveries, now=None):
         """In one transaction, put every in-flight entry whose lease expired back in the
-        queue, except those delivered ``max_deliveries`` times already: those are removed
-        and returned as ``[(data, deliveries)]`` for the dead-letter queue."""
+        queue, except those delivered ``max_deliveries`` times already: those move into the
+        dead-letter queue, returned as ``[(data, deliveries, letter_id)]``."""
         self._ensure_reliable_tables()
         now = time.time() if now is None else now
         dead = []
@@ -758,7 +758,12 @@ class SqliteStorage(BaseStorage):
                 'returning data, priority, deliveries', (self.name, now)).fetchall()
             for data, priority, deliveries in rows:
                 if deliveries >= max_deliveries:
-                    dead.append((data, deliveries))
+                    letter_id = conn.execute(
+                        'insert into dead_letter (queue, data, reason, time, deliveries) '
+                        'values (?, ?, ?, ?, ?)',
+                        (self.name, data, over_cap_reason(deliveries, max_deliveries),
+                         time.time(), deliveries)).lastrowid
+                    dead.append((data, deliveries, str(letter_id)))
                     continue
                 task_id = conn.execute(
                     'insert into task (queue, data, priority) values (?, ?, ?)',
