@@ -232,12 +232,12 @@ class SqliteStorage(BaseStorage):
             local.pid = pid
             local.empty_at_version = None
             local.found_last = False
-            self._open.append((pid, conn))
+            self._open.append((pid, threading.get_ident(), conn))
         return conn
 
     def _discard(self, closable):
         # Caller holds self.lock.
-        self._open = [(pid, c) for pid, c in self._open if c is not closable]
+        self._open = [entry for entry in self._open if entry[2] is not closable]
         closable.close()
 
     def _create_connection(self):
@@ -270,18 +270,23 @@ class SqliteStorage(BaseStorage):
                 time.sleep(0.01)
 
     def close(self):
-        """Close every connection this storage opened in this process.
+        """Retire every connection this storage opened in this process.
 
         Meant for shutdown and for the consumer to call before forking workers; threads that
-        use the storage afterwards open fresh connections.
+        use the storage afterwards open fresh connections. The calling thread's connections,
+        and those of threads that have ended, are closed now; another live thread may be
+        in the middle of a statement on its own, so that thread closes it itself, on its
+        next use of the storage (or when it ends). True when there was any to retire.
         """
         with self.lock:
             self._generation += 1
-            conns, self._open = self._open, []
-        pid = os.getpid()
-        mine = [conn for owner, conn in conns if owner == pid]
-        for conn in mine:
-            conn.close()
+            entries, self._open = self._open, []
+        pid, me = os.getpid(), threading.get_ident()
+        alive = {thread.ident for thread in threading.enumerate()}
+        mine = [entry for entry in entries if entry[0] == pid]
+        for _, owner, closable in mine:
+            if owner == me or owner not in alive:
+                closable.close()
         return bool(mine)
 
     def initialize_schema(self):
@@ -444,7 +449,7 @@ class SqliteStorage(BaseStorage):
             watcher = _WalWatcher.create(self.filename)
             if watcher is not None:
                 with self.lock:
-                    self._open.append((os.getpid(), watcher))
+                    self._open.append((os.getpid(), threading.get_ident(), watcher))
                 local.watcher = watcher
         return local.watcher
 
