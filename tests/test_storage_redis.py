@@ -11,6 +11,7 @@ import redis
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
+from huey.storage.redis import DEQUEUE_PEEK_LUA
 from huey.storage import (PriorityRedisExpireStorage, PriorityRedisStorage, RedisExpireStorage,
                           RedisStorage)
 
@@ -262,3 +263,62 @@ def test_notify_result_interop_with_huey_354(redis_db, reference_peer):
     assert waited == [True]
     ours.put_data('t2', b'v', is_result=True)
     assert theirs.wait_result('t2', 2) is True
+
+
+def _calls(client, *commands):
+    stats = client.info('commandstats')
+    return sum(stats.get(f'cmdstat_{name}', {}).get('calls', 0) for name in commands)
+
+
+@pytest.mark.parametrize('cls', ALL, ids=lambda cls: cls.__name__)
+def test_dequeue_reads_the_revocation_flags_with_the_message(cls, redis_db, client):
+    from huey import Huey
+
+    huey = Huey('peek', storage_class=cls, host=redis_db.host, port=redis_db.port,
+                blocking=False)
+    ran = []
+    task = huey.task()(lambda n: ran.append(n))
+    other = huey.task(name='other')(lambda n: ran.append(n))
+    kept, revoked = task(1), task(2)
+    revoked.revoke()
+    other(3)
+    other.revoke()
+    huey.storage.conn.script_load(DEQUEUE_PEEK_LUA)
+    client.config_resetstat()
+    for _ in range(3):
+        huey.execute(huey.dequeue())
+    assert ran == [1]
+    # One script per message and no separate read of the flags (HMGET / MGET).
+    assert _calls(client, 'evalsha') == 3 and _calls(client, 'hmget', 'mget') == 0
+    assert kept.get() is None and huey.pending_count() == 0
+
+
+@pytest.mark.parametrize('cls', [RedisStorage, PriorityRedisExpireStorage],
+                         ids=lambda cls: cls.__name__)
+def test_messages_the_script_cannot_read_are_checked_as_usual(cls, redis_db, client):
+    from huey import Huey
+
+    # Compressed messages are opaque to the script: the flags are read separately.
+    huey = Huey('peek', storage_class=cls, host=redis_db.host, port=redis_db.port,
+                blocking=False, compression=True)
+    ran = []
+    task = huey.task()(lambda n: ran.append(n))
+    task(1)
+    task(2).revoke()
+    client.config_resetstat()
+    for _ in range(2):
+        message = huey.dequeue()
+        assert message._peeked is None
+        huey.execute(message)
+    assert ran == [1] and _calls(client, 'hmget', 'mget') == 2
+
+
+def test_wire_stays_in_step_after_an_error_reply(redis_db):
+    from huey.storage.redis_wire import pack
+
+    storage = make(RedisStorage, redis_db)
+    with pytest.raises(redis.exceptions.ResponseError):
+        storage._wire.call(pack(b'HSET', b'key'), pack(b'PING'))  # wrong arity, then PING
+    assert storage._wire.one(b'ECHO', b'next') == b'next'
+    storage.enqueue(b'message')
+    assert storage.dequeue() == b'message'

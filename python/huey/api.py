@@ -404,6 +404,9 @@ class Huey:
         storage = self.storage
         if self.reliable:
             return self._dequeue_reliable(timeout)
+        peek = getattr(storage, 'dequeue_peek', None)
+        if peek is not None:
+            return self._dequeue_peeking(peek, timeout)
         while True:
             data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
             if data is None:
@@ -411,6 +414,20 @@ class Huey:
             crashpoint('after_dequeue')
             task = self._decode_or_set_aside(data)
             if task is not None:
+                return task
+
+    def _dequeue_peeking(self, peek, timeout):
+        """``dequeue`` on storages that read a message's revocation flags along with it
+        (``storage.dequeue_peek``; Redis): ``is_revoked`` then uses them instead of
+        asking the storage again."""
+        while True:
+            got = peek(timeout)
+            if got is None:
+                return None
+            crashpoint('after_dequeue')
+            task = self._decode_or_set_aside(got[0])
+            if task is not None:
+                task._peeked = got[1]
                 return task
 
     def _dequeue_reliable(self, timeout):
@@ -907,7 +924,12 @@ class Huey:
         """Whether a task, task class/wrapper, result or task id is revoked. With
         ``peek=False`` a one-time or expired revocation is consumed."""
         keys = self._revoke_keys(task)
-        stored = self.storage.peek_many(keys)
+        peeked = getattr(task, '_peeked', None)
+        if peeked is not None and list(peeked[0]) == keys:
+            task._peeked = None  # read with the message: good for this one check
+            stored = peeked[1]
+        else:
+            stored = self.storage.peek_many(keys)
         for key in keys:
             revoked, restore = self._check_revoked(stored.get(key, EmptyData), timestamp,
                                                    peek)

@@ -53,8 +53,11 @@ try:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ReadOnlyError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import NoScriptError
+
+    from huey.storage.redis_wire import Wire, pack
 except ImportError:  # The Redis storages are optional; huey works without redis-py.
-    ConnectionPool = Redis = None
+    ConnectionPool = Redis = NoScriptError = Wire = pack = None
     RedisConnectionError = RedisTimeoutError = ReadOnlyError = ResponseError = None
 
 logger = logging.getLogger('huey.storage.redis')
@@ -209,6 +212,47 @@ end
 return moved
 """
 
+# Pops the next message and reads the two revocation flags huey checks before running it
+# (``r:{task id}`` and ``rt:{task name}``, from the results hash or as plain keys), saving the
+# worker a round trip. The id and name are the first two fields of a plain pickled Message
+# (protocol 4+: ``Message`` STACK_GLOBAL MEMOIZE MARK, then SHORT_BINUNICODE id MEMOIZE
+# SHORT_BINUNICODE name); any other message (compressed, signed, long ids) comes back alone
+# and is checked as usual. KEYS: queue, results hash. ARGV: '1' for a sorted-set queue,
+# member prefix length, 'h' (hash) or 'k' (keys), key prefix for 'k'.
+DEQUEUE_PEEK_LUA = """\
+local member
+if ARGV[1] == '1' then
+    local popped = redis.call('ZPOPMIN', KEYS[1])
+    if #popped == 0 then return false end
+    member = popped[1]
+else
+    member = redis.call('RPOP', KEYS[1])
+    if not member then return false end
+end
+local offset = tonumber(ARGV[2])
+local at = string.find(member, '\\140\\007Message\\148\\147\\148(', offset + 1, true)
+if not at or at > offset + 64 then return {member} end
+local p = at + 13
+if string.byte(member, p) ~= 140 then return {member} end
+local n = string.byte(member, p + 1)
+local id = string.sub(member, p + 2, p + 1 + n)
+p = p + 2 + n
+if string.byte(member, p) ~= 148 or string.byte(member, p + 1) ~= 140 then return {member} end
+n = string.byte(member, p + 2)
+local name = string.sub(member, p + 3, p + 2 + n)
+if #name ~= n then return {member} end
+local k1, k2 = 'r:' .. id, 'rt:' .. name
+local v1, v2
+if ARGV[3] == 'h' then
+    v1 = redis.call('HGET', KEYS[2], k1)
+    v2 = redis.call('HGET', KEYS[2], k2)
+else
+    v1 = redis.call('GET', ARGV[4] .. k1)
+    v2 = redis.call('GET', ARGV[4] .. k2)
+end
+return {member, k1, v1, k2, v2}
+"""
+
 # Backoff between reconnection attempts in dequeue_wait while the server is unreachable.
 _RETRY_MIN = 0.05
 _RETRY_MAX = 2.0
@@ -264,6 +308,8 @@ class RedisStorage(BaseStorage):
 
         self.pool = connection_pool
         self.conn = self.redis_client(connection_pool=connection_pool)
+        self._wire = Wire(connection_pool)
+        self._dequeue_peek = self.conn.register_script(DEQUEUE_PEEK_LUA)
         self.connection_params = connection_params
         self._pop = self.conn.register_script(SCHEDULE_POP_LUA)
         self._reliable_pop = self.conn.register_script(RELIABLE_POP_LUA)
@@ -339,7 +385,7 @@ class RedisStorage(BaseStorage):
     def enqueue(self, data, priority=None):
         if priority:
             raise NotImplementedError('Task priorities are not supported by this storage.')
-        self.conn.lpush(self.queue_key, data)
+        self._wire.one(b'LPUSH', self.queue_key, data)
 
     def enqueue_many(self, items):
         """Enqueue ``(data, priority)`` pairs in order, with one LPUSH."""
@@ -352,10 +398,40 @@ class RedisStorage(BaseStorage):
         # Connection errors propagate (as in huey): the worker logs them and backs off.
         if self.blocking:
             try:
-                return self.conn.brpop(self.queue_key, timeout=self.read_timeout)[1]
+                return self._wire.one(b'BRPOP', self.queue_key, self.read_timeout)[1]
             except (RedisTimeoutError, TypeError, IndexError):
                 return None  # BRPOP timed out: the queue is empty.
-        return self.conn.rpop(self.queue_key)
+        return self._wire.one(b'RPOP', self.queue_key)
+
+    def _peek_args(self):
+        return [self.queue_key, self.result_key], ['1' if self._queue_is_zset else '0',
+                                                   self._member_offset, 'h', '']
+
+    def dequeue_peek(self, timeout=None):
+        """The next message and the revocation flags stored for its task, read by one
+        script (DEQUEUE_PEEK_LUA): ``(data, ((key, key), {key: value}))``, or ``(data,
+        None)`` when the script could not read the task's id and name; None when nothing
+        arrived. When the queue is empty this waits as ``dequeue`` (``timeout`` None) or
+        ``dequeue_wait`` do."""
+        keys, args = self._peek_args()
+        command = pack(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
+        try:
+            reply = self._wire.call(command)[0]
+        except NoScriptError:
+            self._dequeue_peek.sha = self.conn.script_load(DEQUEUE_PEEK_LUA)
+            reply = self._wire.one(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
+        if reply:
+            data = reply[0][self._member_offset:]
+            if len(reply) < 5:
+                return data, None
+            flags = (_text(reply[1]), _text(reply[3]))
+            return data, (flags, {key: value for key, value in zip(flags, reply[2::2])
+                                  if value is not None})
+        if timeout is None:
+            data = self.dequeue() if self.blocking else None
+        else:
+            data = self.dequeue_wait(timeout)
+        return None if data is None else (data, None)
 
     def _pop_blocking(self, timeout):
         """One blocking pop of up to ``timeout`` seconds; None when nothing arrived."""
@@ -573,13 +649,17 @@ class RedisStorage(BaseStorage):
         else:
             self.conn.hset(self.result_key, key, value)
 
+    def _notify_commands(self, key):
+        notify_key = self.notify_prefix + _text(key)
+        return (pack(b'LPUSH', notify_key, b'1'),
+                pack(b'EXPIRE', notify_key, self.notify_result_ttl))
+
     def delete_and_put(self, delete_key, key, value, is_result=False):
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.hdel(self.result_key, delete_key)
-        pipe.hset(self.result_key, key, value)
+        commands = [pack(b'HDEL', self.result_key, delete_key),
+                    pack(b'HSET', self.result_key, key, value)]
         if is_result and self.notify_result:
-            self._queue_notify(pipe, key)
-        pipe.execute()
+            commands.extend(self._notify_commands(key))
+        self._wire.call(*commands)
 
     def peek_data(self, key):
         value = self.conn.hget(self.result_key, key)
@@ -589,7 +669,7 @@ class RedisStorage(BaseStorage):
         keys = list(keys)
         if not keys:
             return {}
-        values = self.conn.hmget(self.result_key, keys)
+        values = self._wire.one(b'HMGET', self.result_key, *keys)
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     def pop_data(self, key):
@@ -725,13 +805,17 @@ class RedisExpireStorage(RedisStorage):
         else:
             self.conn.set(self.result_key(key), value, ex=self._expire_time)
 
+    def _peek_args(self):
+        return [self.queue_key, self.queue_key], ['1' if self._queue_is_zset else '0',
+                                                  self._member_offset, 'k', self.result_prefix]
+
     def delete_and_put(self, delete_key, key, value, is_result=False):
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.delete(self.result_key(delete_key))
-        pipe.set(self.result_key(key), value, ex=self._expire_time if is_result else None)
+        put = (pack(b'SET', self.result_key(key), value, b'EX', self._expire_time) if is_result
+               else pack(b'SET', self.result_key(key), value))
+        commands = [pack(b'DEL', self.result_key(delete_key)), put]
         if is_result and self.notify_result:
-            self._queue_notify(pipe, key)
-        pipe.execute()
+            commands.extend(self._notify_commands(key))
+        self._wire.call(*commands)
 
     def peek_data(self, key):
         value = self.conn.get(self.result_key(key))
@@ -741,7 +825,7 @@ class RedisExpireStorage(RedisStorage):
         keys = list(keys)
         if not keys:
             return {}
-        values = self.conn.mget([self.result_key(k) for k in keys])
+        values = self._wire.one(b'MGET', *(self.result_key(k) for k in keys))
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     pop_data = peek_data  # Expiry, not reading, removes results.
@@ -815,7 +899,7 @@ class RedisPriorityQueue:
 
     def enqueue(self, data, priority=None):
         score = 0 if priority is None else -priority
-        self.conn.zadd(self.queue_key, {self._member(data): score})
+        self._wire.one(b'ZADD', self.queue_key, score, self._member(data))
 
     def enqueue_many(self, items):
         """Enqueue ``(data, priority)`` pairs in order, with one ZADD."""
