@@ -59,6 +59,14 @@ def workloads():
         ws.append(Workload(f'latency-{storage}', 'consumer',
                            {'storage': storage, 'mode': 'latency', 'samples': 200, 'pause': 0.005},
                            {'storage': storage, 'mode': 'latency', 'samples': 20, 'pause': 0.005}))
+    ws.append(Workload('latency-redis-notify', 'consumer',
+                       {'storage': 'redis', 'mode': 'latency', 'samples': 200, 'pause': 0.005,
+                        'storage_kwargs': {'notify_result': True}},
+                       {'storage': 'redis', 'mode': 'latency', 'samples': 20, 'pause': 0.005,
+                        'storage_kwargs': {'notify_result': True}}))
+    ws.append(Workload('map-redis', 'storage',
+                       {'storage': 'redis', 'mode': 'map', 'calls': 1_000, 'min_time': 1.0},
+                       {'storage': 'redis', 'mode': 'map', 'calls': 1_000, 'min_time': 0.2}))
     for storage, (full, quick) in {'memory': (100_000, 50_000), 'file': (100_000, 5_000)}.items():
         ws.append(Workload(f'schedule-{storage}', 'storage',
                            {'storage': storage, 'mode': 'schedule', 'items': full},

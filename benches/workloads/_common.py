@@ -58,11 +58,11 @@ STORAGES = {
 }
 
 
-def make_huey(storage, redis_url=None):
-    """A fresh Huey on ``storage`` (a key of STORAGES): new temp dir for files, empty Redis db."""
+def make_huey(storage, redis_url=None, **kwargs):
+    """A fresh Huey on ``storage`` (a key of STORAGES): new temp dir for files, empty Redis db;
+    ``kwargs`` go to the storage (e.g. ``notify_result``)."""
     import huey
     class_name, location_arg, location = STORAGES[storage]
-    kwargs = {}
     if location_arg:
         kwargs[location_arg] = os.path.join(tempfile.mkdtemp(prefix='huey-bench-'), location)
     if 'redis' in storage:

@@ -86,7 +86,7 @@ def latency(huey, samples, pause):
 def main():
     logging.getLogger('huey').setLevel(logging.WARNING)
     p = params()
-    huey = make_huey(p['storage'], p.get('redis_url'))
+    huey = make_huey(p['storage'], p.get('redis_url'), **p.get('storage_kwargs', {}))
     if p['mode'] == 'drain':
         metrics, check = drain(huey, p['tasks'])
     else:

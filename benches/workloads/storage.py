@@ -3,7 +3,8 @@
 ``mode=schedule``: add N payloads to the schedule with increasing timestamps, then read them
 all back with one ``read_schedule``. ``mode=depth``: prefill the queue to each depth, then time
 ``enqueue`` + ``dequeue`` pairs (the depth stays constant). ``mode=results``: ``huey.put`` N
-values, then ``huey.get`` them all.
+values, then ``huey.get`` them all. ``mode=map``: ``TaskWrapper.map`` of ``calls`` argument
+tuples, repeated for ``min_time``; the queue is flushed between batches (not timed).
 """
 
 import datetime
@@ -62,6 +63,24 @@ def results(huey, n):
     return [metric('put', n / put_time, 'ops/s'), metric('get', n / get_time, 'ops/s')]
 
 
+def map_calls(huey, calls, min_time):
+    @huey.task()
+    def add(a, b):
+        return a + b
+
+    args = [(i, i) for i in range(calls)]
+    batches, elapsed = 0, 0.0
+    while elapsed < min_time:
+        t0 = time.perf_counter()
+        group = add.map(args)
+        elapsed += time.perf_counter() - t0
+        batches += 1
+        if len(group) != calls or huey.pending_count() != calls:
+            raise RuntimeError(f'map enqueued {huey.pending_count()} of {calls} tasks')
+        huey.flush()
+    return [metric(f'map of {calls:,} calls', batches * calls / elapsed, 'tasks/s')]
+
+
 def main():
     p = params()
     huey = make_huey(p['storage'], p.get('redis_url'))
@@ -69,6 +88,8 @@ def main():
         metrics = schedule(huey.storage, p['items'])
     elif p['mode'] == 'depth':
         metrics = depth(huey.storage, p['depths'], p['min_time'])
+    elif p['mode'] == 'map':
+        metrics = map_calls(huey, p['calls'], p['min_time'])
     else:
         metrics = results(huey, p['items'])
     emit(metrics)
