@@ -1,4 +1,4 @@
-"""Reliable delivery (``Huey(reliable=True)``) on Sqlite and Redis: in-flight moves, acks,
+"""Reliable delivery (``Huey(reliable=True)``) on Sqlite, File and Redis: in-flight moves, acks,
 lease renewal, recovery, the delivery cap, fencing, and the atomic schedule move."""
 
 import datetime
@@ -6,15 +6,17 @@ import time
 
 import pytest
 
-from huey import RedisHuey, SqliteHuey
+from huey import FileHuey, RedisHuey, SqliteHuey
 from huey.api import PriorityRedisHuey
 
 
-@pytest.fixture(params=['sqlite', 'redis', 'priority_redis'])
+@pytest.fixture(params=['sqlite', 'file', 'redis', 'priority_redis'])
 def make_huey(request, tmp_path):
     def make(**kwargs):
         if request.param == 'sqlite':
             return SqliteHuey('rel', filename=str(tmp_path / 'q.db'), **kwargs)
+        if request.param == 'file':
+            return FileHuey('rel', path=str(tmp_path / 'files'), **kwargs)
         server = request.getfixturevalue('redis_db')
         cls = RedisHuey if request.param == 'redis' else PriorityRedisHuey
         return cls('rel', blocking=False, **server.connection_params, **kwargs)
