@@ -14,7 +14,7 @@
 //! twice; never is it in neither place):
 //!
 //! - take: under the queue lock, the head message is written to `tmp/`, its mtime set, and
-//!   renamed to `inflight/{token}`; only then does the queue head move past it.
+//!   linked as `inflight/{token}`; only then does the queue head move past it.
 //! - ack: unlink `inflight/{token}`; gone already means a recovery claimed it (False).
 //! - recover (under `.lock`): an expired entry is renamed to `{token}.recovering` (so a late
 //!   ack or renewal sees it gone), put back in the queue with its delivery count, and only
@@ -168,39 +168,44 @@ impl Inflight {
         token: &str,
         lease: f64,
     ) -> Result<Option<(Vec<u8>, u32)>> {
+        queue.dequeue_with(|message| {
+            let deliveries = message.deliveries.saturating_add(1);
+            self.place(&message, deliveries, consumer, token, now() + lease)?;
+            Ok((message.data, deliveries))
+        })
+    }
+
+    /// Write the entry under `tmp/`, set its lease, and link it as `inflight/{token}`.
+    fn place(
+        &self,
+        message: &Dequeued,
+        deliveries: u32,
+        consumer: &str,
+        token: &str,
+        lease_until: f64,
+    ) -> Result<()> {
+        let header = encode(message.priority, deliveries, consumer);
+        let tmp = self.tmp.write(&[&header, &message.data])?;
         let target = self.dir.join(token);
-        queue.dequeue_with(
-            |Dequeued {
-                 data,
-                 priority,
-                 deliveries,
-             }| {
-                let deliveries = deliveries.saturating_add(1);
-                let tmp = self
-                    .tmp
-                    .write(&[&encode(priority, deliveries, consumer), &data])?;
-                let placed = set_mtime(&tmp, now() + lease).and_then(|_| {
-                    let mut renamed = fs::rename(&tmp, &target);
-                    if matches!(&renamed, Err(e) if e.kind() == io::ErrorKind::NotFound) {
-                        // `inflight/` was removed under us: make it again.
-                        fs::create_dir_all(&self.dir).on(&self.dir)?;
-                        renamed = fs::rename(&tmp, &target);
-                    }
-                    renamed.on(&target)?;
-                    if self.tmp.fsync {
-                        fs::File::open(&self.dir)
-                            .and_then(|d| d.sync_all())
-                            .on(&self.dir)?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = placed {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                Ok((data, deliveries))
-            },
-        )
+        let placed = set_mtime(&tmp, lease_until).and_then(|_| {
+            // A link, not a rename: a reused token fails (EEXIST) instead of replacing, and so
+            // losing, the message in flight under it.
+            let mut linked = fs::hard_link(&tmp, &target);
+            if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                // The first reliable dequeue here (or `inflight/` was removed).
+                fs::create_dir_all(&self.dir).on(&self.dir)?;
+                linked = fs::hard_link(&tmp, &target);
+            }
+            linked.on(&target)?;
+            if self.tmp.fsync {
+                fs::File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .on(&self.dir)?;
+            }
+            Ok(())
+        });
+        let _ = fs::remove_file(&tmp);
+        placed
     }
 
     /// Extend the leases of `tokens` to `lease` seconds from now; how many are still in flight.
@@ -391,9 +396,14 @@ mod tests {
             inflight.take(&queue, "c", "c", 30.0).unwrap(),
             Some((b"low".to_vec(), 1))
         );
-        assert!(inflight.ack("c").unwrap());
+        queue.enqueue(b"next", 0).unwrap();
+        inflight.take(&queue, "c", "d", 30.0).unwrap();
+        queue.enqueue(b"reused", 0).unwrap();
+        assert!(inflight.take(&queue, "c", "d", 30.0).is_err());
+        assert_eq!(queue.dequeue().unwrap().unwrap(), b"reused");
+        assert!(inflight.ack("c").unwrap() && inflight.ack("d").unwrap());
         assert!(inflight.items().unwrap().is_empty());
-        assert_eq!(inflight.take(&queue, "c", "d", 30.0).unwrap(), None);
+        assert_eq!(inflight.take(&queue, "c", "e", 30.0).unwrap(), None);
     }
 
     #[test]
