@@ -1,21 +1,28 @@
-"""Reliable delivery (``Huey(reliable=True)``) on Sqlite and Redis: in-flight moves, acks,
+"""Reliable delivery (``Huey(reliable=True)``) on Sqlite, File and Redis: in-flight moves, acks,
 lease renewal, recovery, the delivery cap, fencing, and the atomic schedule move."""
 
 import datetime
+import os
+import random
+import select
+import signal
 import time
+import uuid
 
 import pytest
 
-from huey import RedisHuey, SqliteHuey
+from huey import FileHuey, RedisHuey, SqliteHuey
 from huey.api import PriorityRedisHuey
 from huey.signals import SIGNAL_DEAD_LETTER
 
 
-@pytest.fixture(params=['sqlite', 'redis', 'priority_redis'])
+@pytest.fixture(params=['sqlite', 'file', 'redis', 'priority_redis'])
 def make_huey(request, tmp_path):
     def make(**kwargs):
         if request.param == 'sqlite':
             return SqliteHuey('rel', filename=str(tmp_path / 'q.db'), **kwargs)
+        if request.param == 'file':
+            return FileHuey('rel', path=str(tmp_path / 'files'), **kwargs)
         server = request.getfixturevalue('redis_db')
         cls = RedisHuey if request.param == 'redis' else PriorityRedisHuey
         return cls('rel', blocking=False, **server.connection_params, **kwargs)
@@ -170,3 +177,53 @@ def test_redis_message_left_in_staging_by_a_dead_consumer_is_requeued(redis_db):
     assert huey.pending_count() == 1 and storage.conn.keys('huey.staging.*') == []
     task = huey.dequeue()
     assert task._deliveries == 1 and huey.execute(task) == 'ok'
+
+
+def _churn(path, ready):
+    """Child: move every message queue -> in flight -> queue, forever (lease 0, no ack)."""
+    from huey.storage import FileStorage
+    try:
+        storage = FileStorage('rel', path=path)
+        first = True
+        while True:
+            storage.dequeue_reliable('churn', uuid.uuid4().hex, 0)
+            storage.recover_expired(10**9, now=time.time() + 1)
+            if first:
+                os.write(ready, b'x')
+                first = False
+    finally:
+        os._exit(1)
+
+
+def test_file_processes_killed_mid_delivery_or_recovery_lose_nothing(tmp_path):
+    """SIGKILL two processes moving messages between the queue and the in-flight area at
+    random moments (inside a take, a recovery's claim, enqueue or unlink); after each
+    round, recovery puts everything back and every message is still there."""
+    from huey.storage import FileStorage
+    path = str(tmp_path / 'files')
+    storage = FileStorage('rel', path=path)
+    messages = {b'm%d' % i for i in range(40)}
+    for data in sorted(messages):
+        storage.enqueue(data, priority=len(data))
+    rng = random.Random(1)
+    for _ in range(25):
+        children = []
+        for _ in range(2):
+            ready, ready_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready)
+                _churn(path, ready_w)
+            os.close(ready_w)
+            children.append((pid, ready))
+        for _, ready in children:
+            assert select.select([ready], [], [], 10)[0], 'churning child never started'
+            os.close(ready)
+        time.sleep(rng.uniform(0, 0.01))  # when to kill, not a wait for anything
+        for pid, _ in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        storage.recover_expired(10**9, now=time.time() + 1)
+        assert storage.inflight_items() == []
+        assert set(storage.enqueued_items()) == messages
+    assert sorted(os.listdir(os.path.join(path, 'inflight'))) == ['.lock']

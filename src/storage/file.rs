@@ -12,6 +12,9 @@
 //! counters/{h}            one counter each, fixed-width decimal text (kv.rs)
 //! dead/{id}               dead letters: undecodable messages set aside, created on first use
 //!                         (dead.rs)
+//! inflight/{token}        reliable delivery: one message being run each, lease = mtime,
+//!                         created on first use (inflight.rs); inflight/.lock serialises
+//!                         renewal and recovery
 //! tmp/                    files being written; renamed or linked into place when complete
 //! ```
 //!
@@ -30,6 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 mod dead;
+mod inflight;
 mod kv;
 mod queue;
 mod schedule;
@@ -38,6 +42,7 @@ mod sys;
 pub use sys::FileError;
 
 use dead::{DeadLetter, DeadLetters};
+use inflight::Inflight;
 use kv::{Counters, Results};
 use queue::Queue;
 use schedule::Schedule;
@@ -57,6 +62,7 @@ pub struct FileStore {
     results: Results,
     counters: Counters,
     dead: DeadLetters,
+    inflight: Inflight,
     watchers: Watchers,
 }
 
@@ -77,7 +83,8 @@ impl FileStore {
             schedule: Schedule::open(path.join("schedule"), tmp.clone(), use_flock)?,
             results: Results::new(path.join("results"), levels as usize, tmp.clone())?,
             counters: Counters::new(path.join("counters"))?,
-            dead: DeadLetters::new(path.join("dead"), tmp),
+            dead: DeadLetters::new(path.join("dead"), tmp.clone()),
+            inflight: Inflight::new(path.join("inflight"), tmp, use_flock),
             watchers: Watchers::default(),
         })
     }
@@ -128,6 +135,27 @@ fn datetime_micros(ts: &Bound<'_, PyAny>) -> PyResult<i64> {
     })
 }
 
+/// A message priority from `priority_of`: None is 0, and values outside 0..=65535 are
+/// clamped, because a due message must reach the queue (raising would retry it forever).
+fn clamp_priority(priority: &Bound<'_, PyAny>) -> PyResult<i64> {
+    if priority.is_none() {
+        return Ok(0);
+    }
+    if priority.lt(0)? {
+        return Ok(0);
+    }
+    if priority.gt(queue::MAX_PRIORITY)? {
+        return Ok(queue::MAX_PRIORITY);
+    }
+    priority.call_method0("__int__")?.extract()
+}
+
+/// What `recover_expired` returns: `(requeued, [(data, deliveries)])`.
+type RecoveredTuple<'py> = (usize, Vec<(Bound<'py, PyBytes>, u32)>);
+
+/// An in-flight entry as `(token, consumer, deliveries, lease_until, data)`.
+type InflightTuple<'py> = (String, String, u32, f64, Bound<'py, PyBytes>);
+
 /// Keys are str (UTF-8 on disk) or bytes.
 fn key_bytes(key: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(s) = key.cast::<PyString>() {
@@ -167,6 +195,47 @@ fn letter_tuple(py: Python<'_>, letter: DeadLetter) -> LetterTuple<'_> {
         letter.time,
         letter.deliveries,
     )
+}
+
+impl PyFileStore {
+    /// Run `attempt` (GIL released) until it finds something or `timeout` seconds pass,
+    /// sleeping on inotify for the queue directory in between. None or <= 0: one attempt.
+    fn wait_for_queue<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        mut attempt: impl FnMut() -> sys::Result<Option<T>> + Send,
+    ) -> PyResult<Option<T>> {
+        if let Some(found) = py.detach(&mut attempt)? {
+            return Ok(Some(found));
+        }
+        let timeout = match timeout {
+            Some(t) if t > 0.0 => t,
+            _ => return Ok(None),
+        };
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1e9));
+        let queue = &self.store.queue;
+        // Watch before the next look, so an enqueue in between still wakes us.
+        self.store.watchers.watching(queue.dir(), |watcher| {
+            let mut poll = Duration::from_millis(1);
+            loop {
+                if let Some(found) = py.detach(&mut attempt)? {
+                    return Ok(Some(found));
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                let step = (deadline - now).min(SIGNAL_SLICE);
+                py.detach(|| match watcher {
+                    Some(w) => w.wait(step),
+                    None => std::thread::sleep(step.min(poll)),
+                });
+                poll = (poll * 2).min(MAX_POLL);
+                py.check_signals()?;
+            }
+        })
+    }
 }
 
 /// `huey._native.FileStore`: the native half of `huey.storage.FileStorage`.
@@ -222,33 +291,110 @@ impl PyFileStore {
         timeout: f64,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let queue = &self.store.queue;
-        if let Some(data) = py.detach(|| queue.dequeue())? {
-            return Ok(Some(PyBytes::new(py, &data)));
+        let data = self.wait_for_queue(py, Some(timeout), || queue.dequeue())?;
+        Ok(data.map(|d| PyBytes::new(py, &d)))
+    }
+
+    /// Move the next message in flight under `token` with a lease of `lease` seconds;
+    /// `(data, deliveries)` or None. `timeout` waits as `dequeue_wait`.
+    #[pyo3(signature = (consumer, token, lease, timeout = None))]
+    fn dequeue_reliable<'py>(
+        &self,
+        py: Python<'py>,
+        consumer: &str,
+        token: &str,
+        lease: f64,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, u32)>> {
+        if !inflight::is_token(token) {
+            return Err(PyValueError::new_err(format!(
+                "token must be 1-128 letters, digits, '-' or '_', got {token:?}"
+            )));
         }
-        if timeout.is_nan() || timeout <= 0.0 {
-            return Ok(None);
+        if !lease.is_finite() || lease < 0.0 {
+            return Err(PyValueError::new_err(format!(
+                "lease must be a finite number of seconds >= 0, got {lease}"
+            )));
         }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1e9));
-        // Watch before the next look, so an enqueue in between still wakes us.
-        self.store.watchers.watching(queue.dir(), |watcher| {
-            let mut poll = Duration::from_millis(1);
-            loop {
-                if let Some(data) = py.detach(|| queue.dequeue())? {
-                    return Ok(Some(PyBytes::new(py, &data)));
+        let store = &self.store;
+        let got = self.wait_for_queue(py, timeout, || {
+            store.inflight.take(&store.queue, consumer, token, lease)
+        })?;
+        Ok(got.map(|(data, deliveries)| (PyBytes::new(py, &data), deliveries)))
+    }
+
+    /// Extend the leases of `tokens` to `lease` seconds from now; how many are in flight.
+    fn renew_leases(&self, py: Python<'_>, tokens: Vec<String>, lease: f64) -> PyResult<usize> {
+        Ok(py.detach(|| self.store.inflight.renew(&tokens, lease))?)
+    }
+
+    /// Remove the in-flight entry `token`; False when it is gone (recovered meanwhile).
+    fn ack(&self, py: Python<'_>, token: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.store.inflight.ack(token))?)
+    }
+
+    /// Requeue entries whose lease ended before `now`; those delivered `max_deliveries`
+    /// times are removed and returned: `(requeued, [(data, deliveries)])`.
+    fn recover_expired<'py>(
+        &self,
+        py: Python<'py>,
+        max_deliveries: u32,
+        now: f64,
+    ) -> PyResult<RecoveredTuple<'py>> {
+        let store = &self.store;
+        let recovered = py.detach(|| store.inflight.recover(&store.queue, max_deliveries, now))?;
+        let dead = recovered
+            .dead
+            .iter()
+            .map(|(data, deliveries)| (PyBytes::new(py, data), *deliveries))
+            .collect();
+        Ok((recovered.requeued, dead))
+    }
+
+    /// In-flight entries, soonest lease expiry first.
+    fn inflight_items<'py>(&self, py: Python<'py>) -> PyResult<Vec<InflightTuple<'py>>> {
+        let items = py.detach(|| self.store.inflight.items())?;
+        Ok(items
+            .into_iter()
+            .map(|e| {
+                let data = PyBytes::new(py, &e.data);
+                (e.token, e.consumer, e.deliveries, e.lease_until, data)
+            })
+            .collect())
+    }
+
+    /// Move every message due at `ts` from the schedule to the queue (each at
+    /// `priority_of(data)`); returns them in due order. See `Schedule::move_due` for why a
+    /// crash can duplicate but not lose one.
+    #[pyo3(signature = (ts, priority_of = None))]
+    fn move_due_to_queue<'py>(
+        &self,
+        py: Python<'py>,
+        ts: &Bound<'py, PyAny>,
+        priority_of: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let micros = datetime_micros(ts)?;
+        let store = &self.store;
+        let moved = py.detach(|| {
+            store.schedule.move_due(micros, |messages| -> PyResult<()> {
+                // Every priority first (the callback may fail or exit), then every enqueue.
+                let priorities = match &priority_of {
+                    None => vec![0; messages.len()],
+                    Some(priority_of) => Python::attach(|py| {
+                        let priority_of = priority_of.bind(py);
+                        messages
+                            .iter()
+                            .map(|m| clamp_priority(&priority_of.call1((PyBytes::new(py, m),))?))
+                            .collect::<PyResult<Vec<i64>>>()
+                    })?,
+                };
+                for (message, priority) in messages.iter().zip(priorities) {
+                    store.queue.enqueue(message, priority)?;
                 }
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(None);
-                }
-                let step = (deadline - now).min(SIGNAL_SLICE);
-                py.detach(|| match watcher {
-                    Some(w) => w.wait(step),
-                    None => std::thread::sleep(step.min(poll)),
-                });
-                poll = (poll * 2).min(MAX_POLL);
-                py.check_signals()?;
-            }
-        })
+                Ok(())
+            })
+        })?;
+        bytes_list(py, moved)
     }
 
     fn queue_size(&self, py: Python<'_>) -> PyResult<usize> {

@@ -17,6 +17,14 @@ this one is safe and fast for many producer and consumer processes on one direct
   file format. Counters: ``counters/{md5(key)}``.
 - Dead letters: ``dead/{id}``, one file per undecodable message set aside, holding its
   original bytes, reason, time and delivery count; ids sort oldest first.
+- In flight (``Huey(reliable=True)``, see ``huey.reliable``): ``inflight/{token}``, one file
+  per message being run, holding ``b"HRIF\\x01"``, its priority, delivery count and
+  consumer, then the message bytes; the file's mtime is the lease expiry (a renewal is one
+  ``utimensat``). ``inflight/{token}.recovering``: an expired entry claimed by a recovery
+  that has not yet put it back (one left by a killed recovery is put back by the next).
+  ``inflight/.lock`` serialises renewal and recovery. A message put back carries its
+  delivery count in its queue record. Every step is ordered so a killed process leaves a
+  message queued, in flight or both (delivered twice), never neither.
 - Other files are written under ``tmp/`` and renamed or linked into place. A process killed
   at any point never leaves half a message visible, nor loses one whose write returned.
 - ``dequeue_wait`` and ``wait_result`` sleep on inotify (Linux) and wake when another process
@@ -28,6 +36,7 @@ with a mutex and no ``flock`` is taken. ``fsync=True`` also survives power loss.
 
 import hashlib
 import os
+import time
 
 from huey._native import FileStore
 from huey.constants import EmptyData
@@ -151,3 +160,41 @@ class FileStorage(BaseStorage):
 
     def dead_letter_count(self):
         return self._store.dead_letter_count()
+
+    # Reliable delivery (``Huey(reliable=True)``): the engine is FileStore's; see the
+    # module docstring for the in-flight layout and the crash ordering.
+
+    def dequeue_reliable(self, consumer, token, lease, timeout=None):
+        """Move the next message to ``inflight/{token}`` leased for ``lease`` seconds;
+        ``(data, deliveries)`` or None. ``timeout`` waits as ``dequeue_wait``. The message
+        leaves the queue only after its in-flight file is in place."""
+        return self._store.dequeue_reliable(consumer, token, float(lease), timeout)
+
+    def renew_leases(self, tokens, lease):
+        """Extend the leases of ``tokens`` (one native call); how many are still in flight."""
+        return self._store.renew_leases(list(tokens), float(lease))
+
+    def ack(self, token):
+        """Remove the in-flight entry ``token``; False when it is gone (recovered)."""
+        return self._store.ack(token)
+
+    def recover_expired(self, max_deliveries, now=None):
+        """Put entries whose lease expired back in the queue at their priority, remembering
+        their delivery count; those delivered ``max_deliveries`` times are removed and
+        returned as ``[(data, deliveries)]`` for the dead-letter queue. Safe for several
+        processes at once (under ``inflight/.lock``); an entry is requeued before its file
+        is removed, so a crash can duplicate it but not lose it."""
+        now = time.time() if now is None else now
+        return self._store.recover_expired(max_deliveries, float(now))
+
+    def inflight_items(self):
+        """``[(token, consumer, deliveries, lease_until, data)]``, soonest expiry first."""
+        return self._store.inflight_items()
+
+    def move_due_to_queue(self, ts, priority_of=None):
+        """Move every scheduled message due at ``ts`` into the queue (``priority_of(data)``
+        gives each priority); returns the moved messages in due order. Schedule and queue
+        are separate files, so this is not one atomic step: under the schedule lock the due
+        messages are enqueued first and removed from the schedule after, so a process killed
+        between leaves them both queued and scheduled (delivered twice), never lost."""
+        return self._store.move_due_to_queue(ts, priority_of)

@@ -13,6 +13,9 @@
 //! either, so no reader or crash can see half an update. Messages of priority `p` are the
 //! records from `head` to `tail` in `queue/{p:04x}-{segment:08x}.seg`. A record is
 //! `len u32, check u32 (= len ^ CHECK), data`; a record with `len = u32::MAX` ends a segment.
+//! A message put back by reliable delivery's recovery (inflight.rs) is
+//! `len u32, check u32 (= len ^ CHECK_REDELIVERED), deliveries u32, data`, so the next
+//! reliable dequeue counts on from there; every other reader just skips the count.
 //! `enqueued - dequeued` is the priority's size.
 //!
 //! Enqueue writes its record at `tail` and only then moves `tail` past it; dequeue reads the
@@ -53,6 +56,9 @@ const WORDS: usize = PRIORITIES / 64;
 const SEGMENT_BYTES: u64 = 8 << 20;
 const HEADER: usize = 8;
 const CHECK: u32 = 0x5bd1_e995;
+/// Marks a record that starts with the message's earlier delivery count.
+const CHECK_REDELIVERED: u32 = 0x2f6b_52a7;
+const COUNT: usize = 4;
 const END_OF_SEGMENT: u32 = u32::MAX;
 /// Records up to this size are read with the header in a single `pread`.
 const READ_AHEAD: usize = 4096;
@@ -68,17 +74,28 @@ fn split(position: u64) -> (u64, u64) {
 }
 
 fn header(len: u32) -> [u8; HEADER] {
+    header_marked(len, CHECK)
+}
+
+fn header_marked(len: u32, mark: u32) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(&len.to_le_bytes());
-    h[4..].copy_from_slice(&(len ^ CHECK).to_le_bytes());
+    h[4..].copy_from_slice(&(len ^ mark).to_le_bytes());
     h
 }
 
-/// The record length in a header, or None when the bytes are not a header.
-fn parse_header(h: &[u8]) -> Option<u32> {
+/// The record length in a header and whether a delivery count follows it, or None when the
+/// bytes are not a header.
+fn parse_header(h: &[u8]) -> Option<(u32, bool)> {
     let len = u32::from_le_bytes(h.get(..4)?.try_into().ok()?);
     let check = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
-    (check == len ^ CHECK).then_some(len)
+    if check == len ^ CHECK {
+        Some((len, false))
+    } else if check == len ^ CHECK_REDELIVERED && len as usize >= COUNT {
+        Some((len, true))
+    } else {
+        None
+    }
 }
 
 /// The shared index mapped into this process.
@@ -178,9 +195,18 @@ impl Drop for Index {
     }
 }
 
+/// A message read from the queue: its bytes, priority and earlier deliveries (0 unless it
+/// was put back by reliable delivery's recovery).
+pub struct Dequeued {
+    pub data: Vec<u8>,
+    pub priority: usize,
+    pub deliveries: u32,
+}
+
 /// What the reader found at a priority's head.
 enum Found {
-    Message(Vec<u8>, u64),
+    /// The message, its earlier deliveries and the position after its record.
+    Message(Vec<u8>, u32, u64),
     /// The segment is finished (end record, or missing or corrupt): go on with the next one.
     NextSegment,
 }
@@ -283,12 +309,23 @@ impl Queue {
     }
 
     pub fn enqueue(&self, data: &[u8], priority: i64) -> Result<()> {
+        self.enqueue_delivered(data, priority, 0)
+    }
+
+    /// Enqueue a message that was delivered `deliveries` times before (0: never).
+    pub fn enqueue_delivered(&self, data: &[u8], priority: i64, deliveries: u32) -> Result<()> {
         let priority = Self::check_priority(priority)?;
-        if data.len() > MAX_MESSAGE {
+        if data.len() > MAX_MESSAGE - COUNT {
             return Err(FileError::TooLarge(data.len()));
         }
-        let mut record = Vec::with_capacity(HEADER + data.len());
-        record.extend_from_slice(&header(data.len() as u32));
+        let mut record = Vec::with_capacity(HEADER + COUNT + data.len());
+        if deliveries == 0 {
+            record.extend_from_slice(&header(data.len() as u32));
+        } else {
+            let len = (COUNT + data.len()) as u32;
+            record.extend_from_slice(&header_marked(len, CHECK_REDELIVERED));
+            record.extend_from_slice(&deliveries.to_le_bytes());
+        }
         record.extend_from_slice(data);
         let record_len = record.len() as u64;
 
@@ -330,9 +367,9 @@ impl Queue {
         let path = || self.segment_path(priority, segment);
         let mut buf = vec![0u8; HEADER + READ_AHEAD];
         let n = read_full_at(file, &mut buf, offset).on(&path())?;
-        let len = match parse_header(&buf[..n]) {
-            Some(END_OF_SEGMENT) | None => return Ok(Found::NextSegment),
-            Some(len) => len as usize,
+        let (len, counted) = match parse_header(&buf[..n]) {
+            Some((END_OF_SEGMENT, false)) | None => return Ok(Found::NextSegment),
+            Some((len, counted)) => (len as usize, counted),
         };
         buf.truncate(n.min(HEADER + len));
         if buf.len() < HEADER + len {
@@ -342,9 +379,16 @@ impl Queue {
                 return Ok(Found::NextSegment);
             }
         }
-        buf.drain(..HEADER);
+        let mut deliveries = 0;
+        if counted {
+            deliveries = u32::from_le_bytes(buf[HEADER..HEADER + COUNT].try_into().expect("4"));
+            buf.drain(..HEADER + COUNT);
+        } else {
+            buf.drain(..HEADER);
+        }
         Ok(Found::Message(
             buf,
+            deliveries,
             position(segment, offset + (HEADER + len) as u64),
         ))
     }
@@ -366,6 +410,13 @@ impl Queue {
     }
 
     pub fn dequeue(&self) -> Result<Option<Vec<u8>>> {
+        self.dequeue_with(|message| Ok(message.data))
+    }
+
+    /// Take the next message and hand it to `keep` before it leaves the queue: the head moves
+    /// only once `keep` returned Ok, under the queue lock, so a process killed inside `keep`
+    /// leaves the message queued. An error from `keep` leaves it queued too.
+    pub fn dequeue_with<T>(&self, keep: impl FnOnce(Dequeued) -> Result<T>) -> Result<Option<T>> {
         let _guard = self.lock.acquire()?;
         let mut segments = self.segments.lock();
         while let Some(priority) = self.index.marked().next() {
@@ -379,10 +430,15 @@ impl Queue {
                 continue;
             }
             match self.read_at(&mut segments, priority, head)? {
-                Found::Message(data, next) => {
+                Found::Message(data, deliveries, next) => {
+                    let kept = keep(Dequeued {
+                        data,
+                        priority,
+                        deliveries,
+                    })?;
                     self.index.head(priority).store(next, Ordering::SeqCst);
                     self.index.dequeued(priority).fetch_add(1, Ordering::SeqCst);
-                    return Ok(Some(data));
+                    return Ok(Some(kept));
                 }
                 Found::NextSegment => self.next_segment(&mut segments, priority, head)?,
             }
@@ -417,7 +473,7 @@ impl Queue {
             let tail = self.index.tail(priority).load(Ordering::SeqCst);
             while at < tail && items.len() < limit {
                 match self.read_at(&mut segments, priority, at)? {
-                    Found::Message(data, next) => {
+                    Found::Message(data, _, next) => {
                         items.push(data);
                         at = next;
                     }
@@ -476,7 +532,12 @@ mod tests {
 
     #[test]
     fn headers_reject_garbage() {
-        assert_eq!(parse_header(&header(5)), Some(5));
+        assert_eq!(parse_header(&header(5)), Some((5, false)));
+        assert_eq!(
+            parse_header(&header_marked(9, CHECK_REDELIVERED)),
+            Some((9, true))
+        );
+        assert_eq!(parse_header(&header_marked(3, CHECK_REDELIVERED)), None);
         assert_eq!(parse_header(&[0u8; 8]), None);
         assert_eq!(parse_header(&[1, 2, 3]), None);
     }
@@ -501,6 +562,27 @@ mod tests {
         assert_eq!(queue.dequeue().unwrap().unwrap(), b"small");
         assert_eq!(queue.dequeue().unwrap(), None);
         assert_eq!(segs(&dir), 2); // the current tail segments
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redelivered_records_carry_their_count_and_plain_readers_skip_it() {
+        let (dir, queue) = temp_queue("count");
+        queue.enqueue_delivered(b"again", 3, 2).unwrap();
+        queue.enqueue(b"first", 3).unwrap();
+        assert_eq!(
+            queue.items(None).unwrap(),
+            vec![b"again".to_vec(), b"first".to_vec()]
+        );
+        let got = queue
+            .dequeue_with(|m| Ok((m.data, m.priority, m.deliveries)))
+            .unwrap();
+        assert_eq!(got, Some((b"again".to_vec(), 3, 2)));
+        // A failing `keep` leaves the message queued.
+        let failed = queue.dequeue_with(|_| -> Result<()> { Err(FileError::Levels(-1)) });
+        assert!(failed.is_err());
+        assert_eq!(queue.size().unwrap(), 1);
+        assert_eq!(queue.dequeue().unwrap().unwrap(), b"first");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -248,6 +248,44 @@ impl Schedule {
         Ok(messages)
     }
 
+    /// Hand every message due at or before `ts` to `deliver` (which puts them in the queue)
+    /// and remove them from the schedule only once it returned Ok, all under the schedule
+    /// lock. A process killed inside `deliver` leaves them scheduled, so the worst case is
+    /// a message both queued and still scheduled (delivered twice), never one in neither.
+    pub fn move_due<E: From<FileError>>(
+        &self,
+        ts: i64,
+        deliver: impl FnOnce(&[Vec<u8>]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Vec<Vec<u8>>, E> {
+        let mut view = self.view.lock();
+        let _guard = self.lock.acquire()?;
+        self.sync(&mut view)?;
+        let due: Vec<(Key, Span)> = view
+            .entries
+            .range(..=(ts, u64::MAX))
+            .map(|(k, s)| (*k, *s))
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let messages = due
+            .iter()
+            .map(|&(_, span)| self.read_span(&view, span))
+            .collect::<Result<Vec<_>>>()?;
+        deliver(&messages)?;
+        let mut removals = Vec::with_capacity(due.len() * HEADER);
+        for &((ts, seq), _) in &due {
+            encode(ts, seq, OP_REMOVE, &[], &mut removals);
+        }
+        self.append(&mut view, &removals)?;
+        for &(key, span) in &due {
+            view.entries.remove(&key);
+            view.live_bytes -= HEADER as u64 + u64::from(span.len);
+        }
+        self.maybe_compact(&mut view, false)?;
+        Ok(messages)
+    }
+
     pub fn size(&self) -> Result<usize> {
         let mut view = self.view.lock();
         let _guard = self.lock.acquire()?;
@@ -314,6 +352,29 @@ mod tests {
         );
         assert_eq!(schedule.read(i64::MAX).unwrap(), vec![b"c".to_vec()]);
         assert_eq!(again.size().unwrap(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn move_due_removes_only_after_delivery_succeeded() {
+        let (dir, tmp) = temp_schedule("move");
+        let schedule = Schedule::open(dir.join("schedule"), tmp, true).unwrap();
+        schedule.add(b"b", 2).unwrap();
+        schedule.add(b"a", 1).unwrap();
+        schedule.add(b"later", 9).unwrap();
+        let failed = schedule.move_due(5, |_| Err(FileError::Levels(-1)));
+        assert!(failed.is_err());
+        assert_eq!(schedule.size().unwrap(), 3);
+        let mut seen = Vec::new();
+        let moved = schedule
+            .move_due(5, |m| -> Result<()> {
+                seen = m.to_vec();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(moved, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(seen, moved);
+        assert_eq!(schedule.items(None).unwrap(), vec![b"later".to_vec()]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

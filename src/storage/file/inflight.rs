@@ -1,0 +1,427 @@
+//! Reliable delivery's in-flight area: one file per message being run, in `inflight/`.
+//!
+//! ```text
+//! inflight/.lock                flock serialising lease renewal and recovery
+//! inflight/{token}              a delivered message, mtime = lease expiry (set with utimensat)
+//! inflight/{token}.recovering   claimed by a recovery that has not finished putting it back
+//! ```
+//!
+//! An entry file holds `b"HRIF" + version 1 + priority u32 LE + deliveries u32 LE +
+//! consumer length u32 LE + consumer (UTF-8) + the message bytes`. Its lease is its mtime, so
+//! a renewal is one `utimensat` and writes no data.
+//!
+//! Crash safety, step by step (worst case a message is both queued and in flight, so it runs
+//! twice; never is it in neither place):
+//!
+//! - take: under the queue lock, the head message is written to `tmp/`, its mtime set, and
+//!   linked as `inflight/{token}`; only then does the queue head move past it.
+//! - ack: unlink `inflight/{token}`; gone already means a recovery claimed it (False).
+//! - recover (under `.lock`): an expired entry is renamed to `{token}.recovering` (so a late
+//!   ack or renewal sees it gone), put back in the queue with its delivery count, and only
+//!   then unlinked. A `.recovering` file met under the lock belongs to a recovery that died,
+//!   and is put back again.
+//! - renew (under `.lock`, so it cannot slip between a recovery's expiry check and its claim
+//!   and report a lease that is about to be lost).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::queue::{Dequeued, Queue};
+use super::sys::{self, Context, DirLock, DirLockGuard, FileError, Result, TmpDir};
+
+const MAGIC: &[u8; 5] = b"HRIF\x01";
+const HEADER: usize = MAGIC.len() + 12;
+const RECOVERING: &str = ".recovering";
+
+/// One in-flight message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub token: String,
+    pub consumer: String,
+    pub deliveries: u32,
+    pub lease_until: f64,
+    pub priority: u32,
+    pub data: Vec<u8>,
+}
+
+/// What a recovery did: messages put back in the queue, and those delivered
+/// `max_deliveries` times, removed and returned as `(data, deliveries)`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Recovered {
+    pub requeued: usize,
+    pub dead: Vec<(Vec<u8>, u32)>,
+}
+
+pub struct Inflight {
+    dir: PathBuf,
+    lock: DirLock,
+    tmp: TmpDir,
+}
+
+/// Whether `token` is usable as a file name in `inflight/` (uuid hex is what huey passes).
+pub fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn encode(priority: usize, deliveries: u32, consumer: &str) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER + consumer.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&(priority as u32).to_le_bytes());
+    header.extend_from_slice(&deliveries.to_le_bytes());
+    header.extend_from_slice(&(consumer.len() as u32).to_le_bytes());
+    header.extend_from_slice(consumer.as_bytes());
+    header
+}
+
+fn decode(token: String, lease_until: f64, file: Vec<u8>) -> Option<Entry> {
+    if file.len() < HEADER || &file[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes"));
+    let at = MAGIC.len();
+    let (priority, deliveries) = (word(at), word(at + 4));
+    let consumer_len = word(at + 8) as usize;
+    let consumer = file.get(HEADER..HEADER.checked_add(consumer_len)?)?;
+    Some(Entry {
+        token,
+        consumer: String::from_utf8_lossy(consumer).into_owned(),
+        deliveries,
+        lease_until,
+        priority,
+        data: file[HEADER + consumer_len..].to_vec(),
+    })
+}
+
+/// Set the mtime of `path` to `when` (seconds since the epoch). False: `path` is gone.
+fn set_mtime(path: &Path, when: f64) -> Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        .on(path)?;
+    let secs = when.floor();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: ((when - secs) * 1e9) as libc::c_long,
+        },
+    ];
+    // SAFETY: a NUL-terminated path and two timespecs, as utimensat expects.
+    let ret = unsafe { libc::utimensat(libc::AT_FDCWD, cpath.as_ptr(), times.as_ptr(), 0) };
+    if ret == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        e => Err(e).on(path),
+    }
+}
+
+fn mtime(meta: &fs::Metadata) -> f64 {
+    meta.mtime() as f64 + meta.mtime_nsec() as f64 * 1e-9
+}
+
+impl Inflight {
+    /// `dir` is created on first use: most stores never run in reliable mode.
+    pub fn new(dir: PathBuf, tmp: TmpDir, use_flock: bool) -> Inflight {
+        Inflight {
+            lock: DirLock::new(dir.join(".lock"), use_flock),
+            dir,
+            tmp,
+        }
+    }
+
+    fn acquire(&self) -> Result<DirLockGuard<'_>> {
+        match self.lock.acquire() {
+            Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir).on(&self.dir)?;
+                self.lock.acquire()
+            }
+            other => other,
+        }
+    }
+
+    /// Move the next queued message in flight under `token`, leased for `lease` seconds;
+    /// returns it with its delivery count (this one included).
+    pub fn take(
+        &self,
+        queue: &Queue,
+        consumer: &str,
+        token: &str,
+        lease: f64,
+    ) -> Result<Option<(Vec<u8>, u32)>> {
+        queue.dequeue_with(|message| {
+            let deliveries = message.deliveries.saturating_add(1);
+            self.place(&message, deliveries, consumer, token, now() + lease)?;
+            Ok((message.data, deliveries))
+        })
+    }
+
+    /// Write the entry under `tmp/`, set its lease, and link it as `inflight/{token}`.
+    fn place(
+        &self,
+        message: &Dequeued,
+        deliveries: u32,
+        consumer: &str,
+        token: &str,
+        lease_until: f64,
+    ) -> Result<()> {
+        let header = encode(message.priority, deliveries, consumer);
+        let tmp = self.tmp.write(&[&header, &message.data])?;
+        let target = self.dir.join(token);
+        let placed = set_mtime(&tmp, lease_until).and_then(|_| {
+            // A link, not a rename: a reused token fails (EEXIST) instead of replacing, and so
+            // losing, the message in flight under it.
+            let mut linked = fs::hard_link(&tmp, &target);
+            if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                // The first reliable dequeue here (or `inflight/` was removed).
+                fs::create_dir_all(&self.dir).on(&self.dir)?;
+                linked = fs::hard_link(&tmp, &target);
+            }
+            linked.on(&target)?;
+            if self.tmp.fsync {
+                fs::File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .on(&self.dir)?;
+            }
+            Ok(())
+        });
+        let _ = fs::remove_file(&tmp);
+        placed
+    }
+
+    /// Extend the leases of `tokens` to `lease` seconds from now; how many are still in flight.
+    pub fn renew(&self, tokens: &[String], lease: f64) -> Result<usize> {
+        let until = now() + lease;
+        let _guard = self.acquire()?;
+        let mut renewed = 0;
+        for token in tokens.iter().filter(|t| is_token(t)) {
+            if set_mtime(&self.dir.join(token), until)? {
+                renewed += 1;
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Remove the entry `token`; false when it is not there (recovered by someone else).
+    pub fn ack(&self, token: &str) -> Result<bool> {
+        if !is_token(token) {
+            return Ok(false);
+        }
+        let path = self.dir.join(token);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).on(&path),
+        }
+    }
+
+    /// Names in `inflight/` that are entries or claimed entries (not the lock, not strays).
+    fn names(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).on(&self.dir),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.on(&self.dir)?;
+            if let Some(name) = entry.file_name().to_str() {
+                if is_token(name.strip_suffix(RECOVERING).unwrap_or(name)) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Put every entry whose lease ended before `now` back in `queue` with its delivery
+    /// count, except those delivered `max_deliveries` times: those are removed and returned.
+    pub fn recover(&self, queue: &Queue, max_deliveries: u32, now: f64) -> Result<Recovered> {
+        let _guard = self.acquire()?;
+        let mut recovered = Recovered::default();
+        for name in self.names()? {
+            let path = self.dir.join(&name);
+            let claimed = if name.ends_with(RECOVERING) {
+                // Left by a recovery that died: we hold the lock, so nobody else owns it.
+                path
+            } else {
+                match fs::metadata(&path) {
+                    Ok(meta) if mtime(&meta) < now => {}
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).on(&path),
+                }
+                let claimed = self.dir.join(format!("{name}{RECOVERING}"));
+                match fs::rename(&path, &claimed) {
+                    Ok(()) => claimed,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // acked
+                    Err(e) => return Err(e).on(&path),
+                }
+            };
+            let Some(file) = sys::read_if_exists(&claimed)? else {
+                continue;
+            };
+            // Written under tmp/ and renamed, so never torn; anything else is not ours.
+            let Some(entry) = decode(name, 0.0, file) else {
+                continue;
+            };
+            if entry.deliveries >= max_deliveries {
+                recovered.dead.push((entry.data, entry.deliveries));
+            } else {
+                let priority = i64::from(entry.priority);
+                queue.enqueue_delivered(&entry.data, priority, entry.deliveries)?;
+                recovered.requeued += 1;
+            }
+            sys::remove_if_exists(&claimed)?;
+        }
+        Ok(recovered)
+    }
+
+    /// Every entry, soonest lease expiry first (claimed ones are on their way back to the
+    /// queue and not listed).
+    pub fn items(&self) -> Result<Vec<Entry>> {
+        let mut items = Vec::new();
+        for name in self.names()? {
+            if name.ends_with(RECOVERING) {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).on(&path),
+            };
+            if let Some(file) = sys::read_if_exists(&path)? {
+                items.extend(decode(name, mtime(&meta), file));
+            }
+        }
+        items.sort_by(|a, b| a.lease_until.total_cmp(&b.lease_until));
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let path = std::env::temp_dir()
+                .join(format!("huey-rs-inflight-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+
+        fn open(&self) -> (Queue, Inflight) {
+            let tmp = TmpDir::new(self.0.join("tmp"), false);
+            let queue = Queue::open(self.0.join("queue"), true, false).unwrap();
+            let inflight = Inflight::new(self.0.join("inflight"), tmp, true);
+            (queue, inflight)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let mut file = encode(7, 2, "host:1");
+        file.extend_from_slice(b"payload");
+        let entry = decode("t".into(), 1.5, file.clone()).unwrap();
+        assert_eq!(
+            (entry.priority, entry.deliveries, entry.consumer.as_str()),
+            (7, 2, "host:1")
+        );
+        assert_eq!(entry.data, b"payload");
+        assert!(decode("t".into(), 0.0, file[..HEADER + 2].to_vec()).is_none());
+        assert!(!is_token("../x") && !is_token(".lock") && !is_token("a.recovering"));
+    }
+
+    #[test]
+    fn take_renew_ack_and_recover_count_deliveries() {
+        let dir = Dir::new("cycle");
+        let (queue, inflight) = dir.open();
+        queue.enqueue(b"low", 1).unwrap();
+        queue.enqueue(b"high", 5).unwrap();
+        let got = inflight.take(&queue, "c", "a", 30.0).unwrap();
+        assert_eq!(got, Some((b"high".to_vec(), 1)));
+        assert_eq!(queue.size().unwrap(), 1);
+        let items = inflight.items().unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(items[0].lease_until > now() + 29.0 && items[0].priority == 5);
+        assert_eq!(inflight.renew(&["a".into(), "zz".into()], 60.0).unwrap(), 1);
+        assert!(inflight.items().unwrap()[0].lease_until > now() + 59.0);
+
+        // Not expired yet: nothing happens.
+        assert_eq!(
+            inflight.recover(&queue, 3, now()).unwrap(),
+            Recovered::default()
+        );
+        let back = inflight.recover(&queue, 3, now() + 61.0).unwrap();
+        assert_eq!(back.requeued, 1);
+        assert!(!inflight.ack("a").unwrap());
+        // Redelivered ahead of the lower priority, counting on.
+        assert_eq!(
+            inflight.take(&queue, "c", "b", 30.0).unwrap(),
+            Some((b"high".to_vec(), 2))
+        );
+        let dead = inflight.recover(&queue, 2, now() + 31.0).unwrap();
+        assert_eq!(dead.dead, vec![(b"high".to_vec(), 2)]);
+        assert_eq!(
+            inflight.take(&queue, "c", "c", 30.0).unwrap(),
+            Some((b"low".to_vec(), 1))
+        );
+        queue.enqueue(b"next", 0).unwrap();
+        inflight.take(&queue, "c", "d", 30.0).unwrap();
+        queue.enqueue(b"reused", 0).unwrap();
+        assert!(inflight.take(&queue, "c", "d", 30.0).is_err());
+        assert_eq!(queue.dequeue().unwrap().unwrap(), b"reused");
+        assert!(inflight.ack("c").unwrap() && inflight.ack("d").unwrap());
+        assert!(inflight.items().unwrap().is_empty());
+        assert_eq!(inflight.take(&queue, "c", "e", 30.0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_claim_left_by_a_dead_recovery_is_put_back() {
+        let dir = Dir::new("claimed");
+        let (queue, inflight) = dir.open();
+        queue.enqueue(b"m", 0).unwrap();
+        inflight.take(&queue, "c", "tok", 30.0).unwrap();
+        // What a recovery killed between its claim and its enqueue leaves behind.
+        fs::rename(
+            dir.0.join("inflight/tok"),
+            dir.0.join("inflight/tok.recovering"),
+        )
+        .unwrap();
+        assert!(inflight.items().unwrap().is_empty());
+        assert_eq!(inflight.renew(&["tok".into()], 30.0).unwrap(), 0);
+        assert_eq!(inflight.recover(&queue, 3, now()).unwrap().requeued, 1);
+        assert_eq!(queue.dequeue().unwrap().unwrap(), b"m");
+        assert_eq!(inflight.names().unwrap(), Vec::<String>::new());
+    }
+}
