@@ -113,12 +113,15 @@ def test_move_due_to_queue_keeps_order_and_priority(make_huey):
     assert [huey.dequeue().args for _ in range(3)] == [(0,), (1,), (2,)]
 
 
-@pytest.mark.parametrize('kind', ['sqlite', 'redis', 'priority_redis'])
+@pytest.mark.parametrize('kind', ['sqlite', 'file', 'redis', 'priority_redis'])
 def test_recovery_sets_over_cap_messages_aside_in_the_same_step(kind, tmp_path, request):
-    # Sqlite and Redis write the dead letter inside the recovery transaction / script, so
-    # the storage call alone (no Huey bookkeeping after it) leaves the message in the DLQ.
+    # The storage writes the dead letter inside the recovery (Sqlite transaction, Redis
+    # script, File: before the in-flight file goes), so the storage call alone, with no
+    # Huey bookkeeping after it, leaves the message in the dead-letter queue.
     if kind == 'sqlite':
         huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True)
+    elif kind == 'file':
+        huey = FileHuey('rel', path=str(tmp_path / 'files'), reliable=True)
     else:
         server = request.getfixturevalue('redis_db')
         cls = RedisHuey if kind == 'redis' else PriorityRedisHuey

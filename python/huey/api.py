@@ -104,7 +104,7 @@ class Huey:
     ``immediate_use_memory=False``); remaining keyword arguments configure the storage.
 
     ``reliable=True`` gives at-least-once delivery on storages that support it (Sqlite,
-    Redis; see ``huey.reliable``): a message stays in the storage's in-flight area, under a
+    File, Redis; see ``huey.reliable``): a message stays in the storage's in-flight area, under a
     lease of ``lease`` seconds renewed while it runs, until its run is recorded, so a
     killed consumer's tasks are redelivered; after ``max_deliveries`` deliveries a message
     goes to the dead-letter queue instead. Other storages ignore it.

@@ -3,7 +3,8 @@
 huey pops a message before running it, so a consumer killed mid-task loses it. In reliable
 mode a dequeue instead *moves* the message, atomically, into an in-flight area of the
 storage under a fresh delivery token with a lease (Sqlite: the ``huey_inflight`` table,
-Redis: ``huey.inflight.*`` / ``huey.lease.*`` keys; see each storage). Then:
+File: ``inflight/{token}`` files, Redis: ``huey.inflight.*`` / ``huey.lease.*`` keys; see
+each storage). Then:
 
 - every process running tasks keeps one ``Deliveries`` object: the tokens it holds and a
   daemon thread renewing all their leases in one storage call every ``lease / 3`` seconds;
@@ -11,7 +12,7 @@ Redis: ``huey.inflight.*`` / ``huey.lease.*`` keys; see each storage). Then:
   (pipeline / chord / on_error) and retry re-enqueue were written;
 - any consumer's scheduler puts entries whose lease expired back in the queue with their
   delivery count, or, once delivered ``max_deliveries`` times, hands them to the
-  dead-letter queue (``storage.put_dead_letter`` when the storage has one).
+  dead-letter queue, inside the same storage step where the storage can.
 
 Fencing: before writing anything after the task body returns, the run renews its own lease
 (``renew_leases([token]) == 1``). A run whose entry was already recovered (lease expired,

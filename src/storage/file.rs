@@ -150,8 +150,8 @@ fn clamp_priority(priority: &Bound<'_, PyAny>) -> PyResult<i64> {
     priority.call_method0("__int__")?.extract()
 }
 
-/// What `recover_expired` returns: `(requeued, [(data, deliveries)])`.
-type RecoveredTuple<'py> = (usize, Vec<(Bound<'py, PyBytes>, u32)>);
+/// What `recover_expired` returns: `(requeued, [(data, deliveries, letter id)])`.
+type RecoveredTuple<'py> = (usize, Vec<(Bound<'py, PyBytes>, u32, String)>);
 
 /// An in-flight entry as `(token, consumer, deliveries, lease_until, data)`.
 type InflightTuple<'py> = (String, String, u32, f64, Bound<'py, PyBytes>);
@@ -334,19 +334,28 @@ impl PyFileStore {
     }
 
     /// Requeue entries whose lease ended before `now`; those delivered `max_deliveries`
-    /// times are removed and returned: `(requeued, [(data, deliveries)])`.
+    /// times move to the dead-letter queue with `reason` (its `%d`: the deliveries):
+    /// `(requeued, [(data, deliveries, letter id)])`.
     fn recover_expired<'py>(
         &self,
         py: Python<'py>,
         max_deliveries: u32,
         now: f64,
+        reason: &str,
     ) -> PyResult<RecoveredTuple<'py>> {
         let store = &self.store;
-        let recovered = py.detach(|| store.inflight.recover(&store.queue, max_deliveries, now))?;
+        let recovered = py.detach(|| {
+            store
+                .inflight
+                .recover(&store.queue, max_deliveries, now, |data, deliveries| {
+                    let why = reason.replace("%d", &deliveries.to_string());
+                    store.dead.put(data, &why, deliveries)
+                })
+        })?;
         let dead = recovered
             .dead
-            .iter()
-            .map(|(data, deliveries)| (PyBytes::new(py, data), *deliveries))
+            .into_iter()
+            .map(|(data, deliveries, id)| (PyBytes::new(py, &data), deliveries, id))
             .collect();
         Ok((recovered.requeued, dead))
     }

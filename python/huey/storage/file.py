@@ -40,7 +40,7 @@ import time
 
 from huey._native import FileStore
 from huey.constants import EmptyData
-from huey.storage.base import BaseStorage, check_limit, dead_letter
+from huey.storage.base import BaseStorage, check_limit, dead_letter, over_cap_reason
 
 
 class FileStorage(BaseStorage):
@@ -180,12 +180,13 @@ class FileStorage(BaseStorage):
 
     def recover_expired(self, max_deliveries, now=None):
         """Put entries whose lease expired back in the queue at their priority, remembering
-        their delivery count; those delivered ``max_deliveries`` times are removed and
-        returned as ``[(data, deliveries)]`` for the dead-letter queue. Safe for several
-        processes at once (under ``inflight/.lock``); an entry is requeued before its file
-        is removed, so a crash can duplicate it but not lose it."""
+        their delivery count; those delivered ``max_deliveries`` times move to the
+        dead-letter queue, returned as ``[(data, deliveries, letter_id)]``. Safe for several
+        processes at once (under ``inflight/.lock``); an entry is requeued or set aside
+        before its file is removed, so a crash can duplicate it but not lose it."""
         now = time.time() if now is None else now
-        return self._store.recover_expired(max_deliveries, float(now))
+        return self._store.recover_expired(max_deliveries, float(now),
+                                           over_cap_reason('%d', max_deliveries))
 
     def inflight_items(self):
         """``[(token, consumer, deliveries, lease_until, data)]``, soonest expiry first."""

@@ -48,11 +48,11 @@ pub struct Entry {
 }
 
 /// What a recovery did: messages put back in the queue, and those delivered
-/// `max_deliveries` times, removed and returned as `(data, deliveries)`.
+/// `max_deliveries` times, set aside as `(data, deliveries, dead letter id)`.
 #[derive(Debug, Default, PartialEq)]
 pub struct Recovered {
     pub requeued: usize,
-    pub dead: Vec<(Vec<u8>, u32)>,
+    pub dead: Vec<(Vec<u8>, u32, String)>,
 }
 
 pub struct Inflight {
@@ -254,8 +254,16 @@ impl Inflight {
     }
 
     /// Put every entry whose lease ended before `now` back in `queue` with its delivery
-    /// count, except those delivered `max_deliveries` times: those are removed and returned.
-    pub fn recover(&self, queue: &Queue, max_deliveries: u32, now: f64) -> Result<Recovered> {
+    /// count, except those delivered `max_deliveries` times: those go to `set_aside(data,
+    /// deliveries)` (the dead-letter queue; it returns the letter's id). Either happens
+    /// before the entry's file is removed, so a crash can repeat it but never skip it.
+    pub fn recover(
+        &self,
+        queue: &Queue,
+        max_deliveries: u32,
+        now: f64,
+        mut set_aside: impl FnMut(&[u8], u32) -> Result<String>,
+    ) -> Result<Recovered> {
         let _guard = self.acquire()?;
         let mut recovered = Recovered::default();
         for name in self.names()? {
@@ -285,7 +293,8 @@ impl Inflight {
                 continue;
             };
             if entry.deliveries >= max_deliveries {
-                recovered.dead.push((entry.data, entry.deliveries));
+                let id = set_aside(&entry.data, entry.deliveries)?;
+                recovered.dead.push((entry.data, entry.deliveries, id));
             } else {
                 let priority = i64::from(entry.priority);
                 queue.enqueue_delivered(&entry.data, priority, entry.deliveries)?;
@@ -322,6 +331,10 @@ impl Inflight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_dead(_: &[u8], _: u32) -> Result<String> {
+        panic!("nothing here is over the delivery cap")
+    }
 
     struct Dir(PathBuf);
 
@@ -379,10 +392,10 @@ mod tests {
 
         // Not expired yet: nothing happens.
         assert_eq!(
-            inflight.recover(&queue, 3, now()).unwrap(),
+            inflight.recover(&queue, 3, now(), no_dead).unwrap(),
             Recovered::default()
         );
-        let back = inflight.recover(&queue, 3, now() + 61.0).unwrap();
+        let back = inflight.recover(&queue, 3, now() + 61.0, no_dead).unwrap();
         assert_eq!(back.requeued, 1);
         assert!(!inflight.ack("a").unwrap());
         // Redelivered ahead of the lower priority, counting on.
@@ -390,8 +403,15 @@ mod tests {
             inflight.take(&queue, "c", "b", 30.0).unwrap(),
             Some((b"high".to_vec(), 2))
         );
-        let dead = inflight.recover(&queue, 2, now() + 31.0).unwrap();
-        assert_eq!(dead.dead, vec![(b"high".to_vec(), 2)]);
+        let mut letters = Vec::new();
+        let dead = inflight
+            .recover(&queue, 2, now() + 31.0, |data, n| {
+                letters.push((data.to_vec(), n));
+                Ok("7".into())
+            })
+            .unwrap();
+        assert_eq!(dead.dead, vec![(b"high".to_vec(), 2, "7".into())]);
+        assert_eq!(letters, vec![(b"high".to_vec(), 2)]);
         assert_eq!(
             inflight.take(&queue, "c", "c", 30.0).unwrap(),
             Some((b"low".to_vec(), 1))
@@ -420,7 +440,8 @@ mod tests {
         .unwrap();
         assert!(inflight.items().unwrap().is_empty());
         assert_eq!(inflight.renew(&["tok".into()], 30.0).unwrap(), 0);
-        assert_eq!(inflight.recover(&queue, 3, now()).unwrap().requeued, 1);
+        let recovered = inflight.recover(&queue, 3, now(), no_dead).unwrap();
+        assert_eq!(recovered.requeued, 1);
         assert_eq!(queue.dequeue().unwrap().unwrap(), b"m");
         assert_eq!(inflight.names().unwrap(), Vec::<String>::new());
     }
