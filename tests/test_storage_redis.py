@@ -322,3 +322,27 @@ def test_wire_stays_in_step_after_an_error_reply(redis_db):
     assert storage._wire.one(b'ECHO', b'next') == b'next'
     storage.enqueue(b'message')
     assert storage.dequeue() == b'message'
+
+
+def test_custom_redis_client_sees_every_command(redis_db):
+    # The packed-command hot path is only for the stock client: a custom ``redis_client``
+    # (key prefixes, tracing, ...) gets the hot commands through its execute_command too.
+    from huey import Huey
+
+    seen = []
+
+    class Tracing(redis.Redis):
+        def execute_command(self, *args, **options):
+            seen.append(args[0])
+            return super().execute_command(*args, **options)
+
+    class TracedStorage(RedisStorage):
+        redis_client = Tracing
+
+    huey = Huey('traced', storage_class=TracedStorage, host=redis_db.host,
+                port=redis_db.port, blocking=False)
+    task = huey.task()(lambda: 'done')
+    result = task()
+    huey.execute(huey.dequeue())
+    assert result.get() == 'done'
+    assert {'LPUSH', 'RPOP', 'HMGET'} <= set(seen)  # (results go through its pipeline)

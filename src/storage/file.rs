@@ -464,6 +464,49 @@ impl PyFileStore {
         Ok(py.detach(|| self.store.results.put(&key, value))?)
     }
 
+    /// Delete `delete_key`'s value, then store `value` at `key` (one GIL release; the
+    /// consumer stores a result this way, dropping the task's revocation flag).
+    fn delete_and_put(
+        &self,
+        py: Python<'_>,
+        delete_key: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &[u8],
+    ) -> PyResult<()> {
+        let delete_key = key_bytes(delete_key)?;
+        let key = key_bytes(key)?;
+        let results = &self.store.results;
+        Ok(py.detach(|| {
+            results.delete(&delete_key)?;
+            results.put(&key, value)
+        })?)
+    }
+
+    /// Remove `key`'s value; False when there was none.
+    fn delete_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        Ok(py.detach(|| self.store.results.delete(&key))?)
+    }
+
+    /// The values at `keys` (None where there is none), in order.
+    fn peek_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let keys = keys.iter().map(key_bytes).collect::<PyResult<Vec<_>>>()?;
+        let results = &self.store.results;
+        let values = py.detach(|| {
+            keys.iter()
+                .map(|key| results.peek(key))
+                .collect::<sys::Result<Vec<_>>>()
+        })?;
+        Ok(values
+            .into_iter()
+            .map(|value| value.map(|d| PyBytes::new(py, &d)))
+            .collect())
+    }
+
     /// Store `value` unless `key` holds one; atomic across processes.
     fn put_if_empty(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: &[u8]) -> PyResult<bool> {
         let key = key_bytes(key)?;

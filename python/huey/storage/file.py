@@ -115,6 +115,17 @@ class FileStorage(BaseStorage):
         value = self._store.pop_data(key)
         return EmptyData if value is None else value
 
+    def peek_many(self, keys):
+        keys = list(keys)
+        values = self._store.peek_many(keys) if keys else []
+        return {key: value for key, value in zip(keys, values) if value is not None}
+
+    def delete_data(self, key):
+        return self._store.delete_data(key)
+
+    def delete_and_put(self, delete_key, key, value, is_result=False):
+        self._store.delete_and_put(delete_key, key, value)
+
     def has_data_for_key(self, key):
         return self._store.has_data_for_key(key)
 

@@ -309,6 +309,7 @@ class RedisStorage(BaseStorage):
         self.pool = connection_pool
         self.conn = self.redis_client(connection_pool=connection_pool)
         self._wire = Wire(connection_pool)
+        self._wire_client = self.conn
         self._dequeue_peek = self.conn.register_script(DEQUEUE_PEEK_LUA)
         self.connection_params = connection_params
         self._pop = self.conn.register_script(SCHEDULE_POP_LUA)
@@ -346,6 +347,15 @@ class RedisStorage(BaseStorage):
 
         if client_name is not None:
             self.conn.client_setname(client_name)
+
+    def _fast(self):
+        """The hot-path ``Wire`` (see ``huey.storage.redis_wire``), or None to go through
+        ``self.conn`` when that is not the stock client this storage made (a custom
+        ``redis_client``, or a client swapped in later)."""
+        conn = self.conn
+        if conn is self._wire_client and type(conn) is FailoverAwareRedis:
+            return self._wire
+        return None
 
     def clean_name(self, name):
         return re.sub('[^A-Za-z0-9_]', '', name)
@@ -385,7 +395,11 @@ class RedisStorage(BaseStorage):
     def enqueue(self, data, priority=None):
         if priority:
             raise NotImplementedError('Task priorities are not supported by this storage.')
-        self._wire.one(b'LPUSH', self.queue_key, data)
+        wire = self._fast()
+        if wire is None:
+            self.conn.lpush(self.queue_key, data)
+        else:
+            wire.one(b'LPUSH', self.queue_key, data)
 
     def enqueue_many(self, items):
         """Enqueue ``(data, priority)`` pairs in order, with one LPUSH."""
@@ -396,12 +410,17 @@ class RedisStorage(BaseStorage):
 
     def dequeue(self):
         # Connection errors propagate (as in huey): the worker logs them and backs off.
+        wire = self._fast()
         if self.blocking:
             try:
-                return self._wire.one(b'BRPOP', self.queue_key, self.read_timeout)[1]
+                if wire is None:
+                    return self.conn.brpop(self.queue_key, timeout=self.read_timeout)[1]
+                return wire.one(b'BRPOP', self.queue_key, self.read_timeout)[1]
             except (RedisTimeoutError, TypeError, IndexError):
                 return None  # BRPOP timed out: the queue is empty.
-        return self._wire.one(b'RPOP', self.queue_key)
+        if wire is None:
+            return self.conn.rpop(self.queue_key)
+        return wire.one(b'RPOP', self.queue_key)
 
     def _peek_args(self):
         return [self.queue_key, self.result_key], ['1' if self._queue_is_zset else '0',
@@ -413,13 +432,18 @@ class RedisStorage(BaseStorage):
         None)`` when the script could not read the task's id and name; None when nothing
         arrived. When the queue is empty this waits as ``dequeue`` (``timeout`` None) or
         ``dequeue_wait`` do."""
-        keys, args = self._peek_args()
-        command = pack(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
-        try:
-            reply = self._wire.call(command)[0]
-        except NoScriptError:
-            self._dequeue_peek.sha = self.conn.script_load(DEQUEUE_PEEK_LUA)
-            reply = self._wire.one(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
+        wire = self._fast()
+        reply = None
+        if wire is not None:
+            keys, args = self._peek_args()
+            try:
+                reply = wire.one(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
+            except NoScriptError:
+                self._dequeue_peek.sha = self.conn.script_load(DEQUEUE_PEEK_LUA)
+                reply = wire.one(b'EVALSHA', self._dequeue_peek.sha, 2, *keys, *args)
+        elif timeout is None:
+            data = self.dequeue()
+            return None if data is None else (data, None)
         if reply:
             data = reply[0][self._member_offset:]
             if len(reply) < 5:
@@ -655,11 +679,20 @@ class RedisStorage(BaseStorage):
                 pack(b'EXPIRE', notify_key, self.notify_result_ttl))
 
     def delete_and_put(self, delete_key, key, value, is_result=False):
+        wire = self._fast()
+        if wire is None:
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.hdel(self.result_key, delete_key)
+            pipe.hset(self.result_key, key, value)
+            if is_result and self.notify_result:
+                self._queue_notify(pipe, key)
+            pipe.execute()
+            return
         commands = [pack(b'HDEL', self.result_key, delete_key),
                     pack(b'HSET', self.result_key, key, value)]
         if is_result and self.notify_result:
             commands.extend(self._notify_commands(key))
-        self._wire.call(*commands)
+        wire.call(*commands)
 
     def peek_data(self, key):
         value = self.conn.hget(self.result_key, key)
@@ -669,7 +702,11 @@ class RedisStorage(BaseStorage):
         keys = list(keys)
         if not keys:
             return {}
-        values = self._wire.one(b'HMGET', self.result_key, *keys)
+        wire = self._fast()
+        if wire is None:
+            values = self.conn.hmget(self.result_key, keys)
+        else:
+            values = wire.one(b'HMGET', self.result_key, *keys)
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     def pop_data(self, key):
@@ -810,12 +847,21 @@ class RedisExpireStorage(RedisStorage):
                                                   self._member_offset, 'k', self.result_prefix]
 
     def delete_and_put(self, delete_key, key, value, is_result=False):
+        wire = self._fast()
+        if wire is None:
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.delete(self.result_key(delete_key))
+            pipe.set(self.result_key(key), value, ex=self._expire_time if is_result else None)
+            if is_result and self.notify_result:
+                self._queue_notify(pipe, key)
+            pipe.execute()
+            return
         put = (pack(b'SET', self.result_key(key), value, b'EX', self._expire_time) if is_result
                else pack(b'SET', self.result_key(key), value))
         commands = [pack(b'DEL', self.result_key(delete_key)), put]
         if is_result and self.notify_result:
             commands.extend(self._notify_commands(key))
-        self._wire.call(*commands)
+        wire.call(*commands)
 
     def peek_data(self, key):
         value = self.conn.get(self.result_key(key))
@@ -825,7 +871,11 @@ class RedisExpireStorage(RedisStorage):
         keys = list(keys)
         if not keys:
             return {}
-        values = self._wire.one(b'MGET', *(self.result_key(k) for k in keys))
+        wire = self._fast()
+        if wire is None:
+            values = self.conn.mget([self.result_key(k) for k in keys])
+        else:
+            values = wire.one(b'MGET', *(self.result_key(k) for k in keys))
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     pop_data = peek_data  # Expiry, not reading, removes results.
@@ -899,7 +949,11 @@ class RedisPriorityQueue:
 
     def enqueue(self, data, priority=None):
         score = 0 if priority is None else -priority
-        self._wire.one(b'ZADD', self.queue_key, score, self._member(data))
+        wire = self._fast()
+        if wire is None:
+            self.conn.zadd(self.queue_key, {self._member(data): score})
+        else:
+            wire.one(b'ZADD', self.queue_key, score, self._member(data))
 
     def enqueue_many(self, items):
         """Enqueue ``(data, priority)`` pairs in order, with one ZADD."""

@@ -59,12 +59,15 @@ impl Results {
         self.tmp.write(&[&len, key, value])
     }
 
-    /// Run `place(tmp, target)`, creating the key's directories when they are missing.
+    /// Run `place(tmp, target)`, creating the key's directories when they are missing;
+    /// `keeps_source`: the temporary file is still there after a successful `place` (a
+    /// link, not a rename) and is removed.
     fn place(
         &self,
         key: &[u8],
         value: &[u8],
         place: fn(&Path, &Path) -> io::Result<()>,
+        keeps_source: bool,
     ) -> Result<io::Result<()>> {
         let target = self.path_for_key(key);
         let tmp = self.write_tmp(key, value)?;
@@ -74,17 +77,19 @@ impl Results {
             fs::create_dir_all(parent).on(parent)?;
             outcome = place(&tmp, &target);
         }
-        let _ = fs::remove_file(&tmp);
+        if outcome.is_err() || keeps_source {
+            let _ = fs::remove_file(&tmp);
+        }
         Ok(outcome.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", target.display()))))
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.place(key, value, |tmp, target| fs::rename(tmp, target))?
+        self.place(key, value, |tmp, target| fs::rename(tmp, target), false)?
             .on(&self.path_for_key(key))
     }
 
     pub fn put_if_empty(&self, key: &[u8], value: &[u8]) -> Result<bool> {
-        match self.place(key, value, |tmp, target| fs::hard_link(tmp, target))? {
+        match self.place(key, value, |tmp, target| fs::hard_link(tmp, target), true)? {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e).on(&self.path_for_key(key)),
@@ -114,6 +119,16 @@ impl Results {
         let data = sys::read_if_exists(&claimed)?;
         sys::remove_if_exists(&claimed)?;
         Ok(data.and_then(|d| Self::unpack(&d).map(|(_, value)| value.to_vec())))
+    }
+
+    /// Remove `key`'s value; false when there was none.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        let path = self.path_for_key(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).on(&path),
+        }
     }
 
     pub fn has(&self, key: &[u8]) -> bool {
