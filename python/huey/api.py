@@ -138,6 +138,7 @@ class Huey:
         self._registry = Registry()
         self._signal = S.Signal()
         self._tasks_in_flight = set()
+        self._class_revoke_keys = {}  # task class -> its 'rt:' revocation key
         self._timeout_handler = None  # set by the consumer for process/greenlet workers
         if lease <= 0 or max_deliveries < 1:
             raise ValueError(f'lease must be > 0 and max_deliveries >= 1, got lease={lease!r}'
@@ -639,9 +640,12 @@ class Huey:
         return True
 
     def _execute_if_due(self, task, timestamp=None):
-        if timestamp is None:
+        # The clock is read only when something needs it (an eta, an expiry, a timed
+        # revocation), unless a subclass customises ready_to_run.
+        if timestamp is None and (task.eta is not None or task.expires_resolved or
+                                  type(self).ready_to_run is not Huey.ready_to_run):
             timestamp = self._get_timestamp()
-        if not self.ready_to_run(task, timestamp):
+        if timestamp is not None and not self.ready_to_run(task, timestamp):
             self.add_schedule(task)
         elif self.is_revoked(task, timestamp, False):
             logger.warning('Task %s was revoked, not executing', task)
@@ -912,12 +916,16 @@ class Huey:
         return True, False
 
     def _revoke_keys(self, task):
+        if isinstance(task, Task):
+            cls = type(task)
+            class_key = self._class_revoke_keys.get(cls)
+            if class_key is None:
+                class_key = self._class_revoke_keys[cls] = self._task_key(cls, 'rt')
+            return [task.revoke_id, class_key]
         if isinstance(task, TaskWrapper) or inspect.isclass(task):
             return [self._task_key(task, 'rt')]
         if isinstance(task, Result):
-            task = task.task
-        if isinstance(task, Task):
-            return [task.revoke_id, self._task_key(type(task), 'rt')]
+            return self._revoke_keys(task.task)
         return [Task(id=task).revoke_id]
 
     def is_revoked(self, task, timestamp=None, peek=True):
@@ -930,6 +938,8 @@ class Huey:
             stored = peeked[1]
         else:
             stored = self.storage.peek_many(keys)
+        if not stored:
+            return False
         for key in keys:
             revoked, restore = self._check_revoked(stored.get(key, EmptyData), timestamp,
                                                    peek)
