@@ -710,17 +710,25 @@ class RedisStorage(BaseStorage):
         return {k: v for k, v in zip(keys, values) if v is not None}
 
     def pop_data(self, key):
-        pipe = self.conn.pipeline()
-        pipe.hget(self.result_key, key)
-        pipe.hdel(self.result_key, key)
-        value, _ = pipe.execute()
+        wire = self._fast()
+        if wire is None:
+            pipe = self.conn.pipeline()
+            pipe.hget(self.result_key, key)
+            pipe.hdel(self.result_key, key)
+            value, _ = pipe.execute()
+        else:
+            value = wire.call(pack(b'MULTI'), pack(b'HGET', self.result_key, key),
+                              pack(b'HDEL', self.result_key, key), pack(b'EXEC'))[3][0]
         return EmptyData if value is None else value
 
     def delete_data(self, key):
         return self.conn.hdel(self.result_key, key) != 0
 
     def has_data_for_key(self, key):
-        return bool(self.conn.hexists(self.result_key, key))
+        wire = self._fast()
+        if wire is None:
+            return bool(self.conn.hexists(self.result_key, key))
+        return bool(wire.one(b'HEXISTS', self.result_key, key))
 
     def wait_result(self, key, timeout=None, backoff=1.15, max_delay=1.0):
         """With ``notify_result`` block on the key's notify list instead of polling."""
@@ -729,12 +737,21 @@ class RedisStorage(BaseStorage):
         if self.has_data_for_key(key):
             return True
         notify_key = self.notify_prefix + _text(key)
+        wire = self._fast()
         try:
-            woken = self.conn.blpop(notify_key, timeout=timeout or 0)
+            if wire is None:
+                woken = self.conn.blpop(notify_key, timeout=timeout or 0)
+            else:
+                woken = wire.one(b'BLPOP', notify_key, timeout or 0)
         except (RedisConnectionError, RedisTimeoutError):
             return False
         if woken is not None:
-            self.conn.delete(notify_key)
+            # Notifications left over (a result stored twice) would wake the next waiter
+            # on this key for nothing.
+            if wire is None:
+                self.conn.delete(notify_key)
+            else:
+                wire.one(b'DEL', notify_key)
             return True
         return self.has_data_for_key(key)
 
