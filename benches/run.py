@@ -55,6 +55,13 @@ def workloads():
         ws.append(Workload(f'drain-{storage}', 'consumer',
                            {'storage': storage, 'mode': 'drain', 'tasks': full},
                            {'storage': storage, 'mode': 'drain', 'tasks': quick}))
+    for storage in ('file', 'sqlite', 'redis'):
+        full, quick = drain[storage]
+        ws.append(Workload(f'drain-{storage}-processes', 'consumer',
+                           {'storage': storage, 'mode': 'drain', 'tasks': full,
+                            'worker_type': 'process'},
+                           {'storage': storage, 'mode': 'drain', 'tasks': quick,
+                            'worker_type': 'process'}))
     for storage in drain:
         ws.append(Workload(f'latency-{storage}', 'consumer',
                            {'storage': storage, 'mode': 'latency', 'samples': 200, 'pause': 0.005},

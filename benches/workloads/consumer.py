@@ -1,8 +1,11 @@
-"""Tasks through a real consumer (4 worker threads, in-process) on each storage.
+"""Tasks through a real consumer (4 workers, started in-process) on each storage.
 
 ``mode=drain``: enqueue N tasks by calling a task, then start the consumer and time until
-every result is stored. ``mode=latency``: on an idle consumer, enqueue one task and block on
-its result, repeatedly, with short pauses so the workers go back to polling an empty queue.
+every task completed (thread workers: counted by SIGNAL_COMPLETE in this process; with
+``worker_type=process`` the forked workers run them, so the run polls ``result_count()``
+every 2 ms until all N results are stored). ``mode=latency``: on an idle consumer, enqueue
+one task and block on its result, repeatedly, with short pauses so the workers go back to
+polling an empty queue.
 """
 
 import logging
@@ -16,20 +19,23 @@ from workloads._common import emit, make_huey, metric, params, percentile
 STALL_TIMEOUT = 10  # seconds without progress before a run counts as broken, not slow
 
 
-def start_consumer(huey):
+def start_consumer(huey, worker_type='thread'):
     # Stop it with stop(graceful=True): that joins the workers, so none is still inside a
     # storage call when the interpreter exits.
-    consumer = huey.create_consumer(workers=4, worker_type='thread', initial_delay=0.001,
+    consumer = huey.create_consumer(workers=4, worker_type=worker_type, initial_delay=0.001,
                                     max_delay=0.001, periodic=False,
                                     check_worker_health=False)
     consumer.start()
     return consumer
 
 
-def drain(huey, n):
+def drain(huey, n, worker_type='thread'):
     @huey.task()
     def add(a, b):
         return a + b
+
+    if worker_type == 'process':
+        return drain_processes(huey, n, add)
 
     done = threading.Event()
     completed = [0]
@@ -62,6 +68,29 @@ def drain(huey, n):
             metric('drain (4 threads)', n / drain_time, 'tasks/s')], {'sum': total}
 
 
+def drain_processes(huey, n, add):
+    t0 = time.perf_counter()
+    for i in range(n):
+        add(i, i)
+    enqueue_time = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    consumer = start_consumer(huey, 'process')
+    try:
+        seen, last_progress = -1, time.monotonic()
+        while (done := huey.result_count()) < n:
+            if done != seen:
+                seen, last_progress = done, time.monotonic()
+            elif time.monotonic() - last_progress > STALL_TIMEOUT:
+                raise RuntimeError(f'stalled at {done} of {n} tasks completed')
+            time.sleep(0.002)
+        drain_time = time.perf_counter() - t0
+    finally:
+        consumer.stop(graceful=True)
+    return [metric('enqueue', n / enqueue_time, 'tasks/s'),
+            metric('drain (4 processes)', n / drain_time, 'tasks/s')], {'results': n}
+
+
 def latency(huey, samples, pause):
     @huey.task()
     def echo(x):
@@ -88,7 +117,7 @@ def main():
     p = params()
     huey = make_huey(p['storage'], p.get('redis_url'), **p.get('storage_kwargs', {}))
     if p['mode'] == 'drain':
-        metrics, check = drain(huey, p['tasks'])
+        metrics, check = drain(huey, p['tasks'], p.get('worker_type', 'thread'))
     else:
         metrics, check = latency(huey, p['samples'], p['pause'])
     emit(metrics, **check)
