@@ -161,3 +161,36 @@ def test_signed_helpers():
 def test_bad_compression_level():
     with pytest.raises(ValueError, match='compression_level'):
         Serializer(compression=True, compression_level=12)
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() |
+    st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner) |
+    st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(task_id=st.text(max_size=300), args=st.lists(_values, max_size=5).map(tuple),
+       kwargs=st.dictionaries(st.text(max_size=8), _values, max_size=4),
+       protocol=st.sampled_from([2, 3, 4, 5]))
+def test_message_shortcut_unpickles_to_the_same_message(task_id, args, kwargs, protocol):
+    from huey.registry import Message
+    from huey.serializer import dumps
+
+    shared = 'repeated'  # the same object twice: memo references inside the fields
+    message = Message(task_id, 'app.task', None, 2, 0, None, args + (shared, shared), kwargs)
+    data = dumps(message, protocol)
+    loaded = pickle.loads(data)
+    assert type(loaded) is Message and loaded == message
+    assert data == pickle.dumps(message, protocol) or protocol >= 4
+
+
+def test_message_shortcut_falls_back_for_multi_frame_pickles():
+    from huey.registry import Message
+    from huey.serializer import dumps
+
+    message = Message('id', 'app.task', None, 0, 0, None, (b'x' * 200_000,), {})
+    assert dumps(message) == pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    assert pickle.loads(dumps(message)) == message

@@ -346,3 +346,20 @@ def test_custom_redis_client_sees_every_command(redis_db):
     huey.execute(huey.dequeue())
     assert result.get() == 'done'
     assert {'LPUSH', 'RPOP', 'HMGET'} <= set(seen)  # (results go through its pipeline)
+
+
+def test_messages_pickled_by_huey_354_are_peeked_too(redis_db, client):
+    # huey 3.5.4 pickles Message through the reduce protocol (with MEMOIZE after the class);
+    # huey-rs writes the shorter form: the script reads the id and name from both.
+    import pickle
+
+    from huey import RedisHuey
+
+    huey = RedisHuey('peek', host=redis_db.host, port=redis_db.port, blocking=False)
+    task = huey.task()(lambda: 1)
+    message = huey._registry.create_message(task.s())
+    client.lpush(huey.storage.queue_key, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+    task()
+    for _ in range(2):
+        dequeued = huey.dequeue()
+        assert dequeued._peeked is not None and dequeued._peeked[0][0] == dequeued.revoke_id

@@ -10,9 +10,37 @@ import pickle
 
 from huey._native import Framing, derive_signing_key, signature
 from huey.exceptions import ConfigurationError
+from huey.registry import Message
 from huey.utils import encode
 
 logger = logging.getLogger('huey.serializer')
+
+
+def _short_global(cls):
+    """SHORT_BINUNICODE module, SHORT_BINUNICODE qualname, STACK_GLOBAL (no memo entries)."""
+    module, name = cls.__module__.encode('utf8'), cls.__qualname__.encode('utf8')
+    return (b'\x8c' + bytes((len(module),)) + module + b'\x8c' + bytes((len(name),)) + name +
+            b'\x93')
+
+
+_MESSAGE_GLOBAL = _short_global(Message)
+
+
+def dumps(data, protocol=pickle.HIGHEST_PROTOCOL):
+    """``pickle.dumps``, with a shortcut for task messages.
+
+    Pickling a ``Message`` (a namedtuple) costs four times its fields' tuple: the reduce
+    protocol calls back into Python. The shortcut pickles the fields and wraps them in the
+    opcodes pickle itself writes for a namedtuple (the class by name, then NEWOBJ), minus
+    the optional frame and memo entries for the class, so the memo numbers inside the
+    fields stay right. ``pickle.loads`` (huey 3.5.4's too) returns an equal ``Message``.
+    """
+    if type(data) is Message and protocol >= 4:
+        fields = pickle.dumps(tuple(data), protocol)
+        # One frame around everything (anything larger has several): PROTO, FRAME, body, STOP.
+        if fields[2] == 0x95 and int.from_bytes(fields[3:11], 'little') == len(fields) - 11:
+            return fields[:2] + _MESSAGE_GLOBAL + fields[11:-1] + b'\x81.'
+    return pickle.dumps(data, protocol)
 
 
 def is_compressed(data):
@@ -41,7 +69,7 @@ class Serializer:
             # Plain pickle and nothing overridden: go straight to pickle, no wrapper frames.
             if (cls.serialize is Serializer.serialize
                     and cls._serialize is Serializer._serialize):
-                self.serialize = functools.partial(pickle.dumps, protocol=self.pickle_protocol)
+                self.serialize = functools.partial(dumps, protocol=self.pickle_protocol)
             if (cls.deserialize is Serializer.deserialize
                     and cls._deserialize is Serializer._deserialize):
                 self.deserialize = pickle.loads
@@ -50,7 +78,7 @@ class Serializer:
         return None
 
     def _serialize(self, data):
-        return pickle.dumps(data, self.pickle_protocol)
+        return dumps(data, self.pickle_protocol)
 
     def _deserialize(self, data):
         return pickle.loads(data)

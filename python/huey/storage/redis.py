@@ -215,10 +215,11 @@ return moved
 # Pops the next message and reads the two revocation flags huey checks before running it
 # (``r:{task id}`` and ``rt:{task name}``, from the results hash or as plain keys), saving the
 # worker a round trip. The id and name are the first two fields of a plain pickled Message
-# (protocol 4+: ``Message`` STACK_GLOBAL MEMOIZE MARK, then SHORT_BINUNICODE id MEMOIZE
-# SHORT_BINUNICODE name); any other message (compressed, signed, long ids) comes back alone
-# and is checked as usual. KEYS: queue, results hash. ARGV: '1' for a sorted-set queue,
-# member prefix length, 'h' (hash) or 'k' (keys), key prefix for 'k'.
+# (protocol 4+: ``Message`` STACK_GLOBAL [MEMOIZE] MARK, then SHORT_BINUNICODE id MEMOIZE
+# SHORT_BINUNICODE name; huey 3.5.4 writes the MEMOIZEs after the class, huey-rs does not);
+# any other message (compressed, signed, long ids) comes back alone and is checked as usual.
+# KEYS: queue, results hash. ARGV: '1' for a sorted-set queue, member prefix length, 'h'
+# (hash) or 'k' (keys), key prefix for 'k'.
 DEQUEUE_PEEK_LUA = """\
 local member
 if ARGV[1] == '1' then
@@ -230,9 +231,15 @@ else
     if not member then return false end
 end
 local offset = tonumber(ARGV[2])
-local at = string.find(member, '\\140\\007Message\\148\\147\\148(', offset + 1, true)
+local at = string.find(member, '\\140\\007Message', offset + 1, true)
 if not at or at > offset + 64 then return {member} end
-local p = at + 13
+local p = at + 9
+if string.byte(member, p) == 148 then p = p + 1 end
+if string.byte(member, p) ~= 147 then return {member} end
+p = p + 1
+if string.byte(member, p) == 148 then p = p + 1 end
+if string.byte(member, p) ~= 40 then return {member} end
+p = p + 1
 if string.byte(member, p) ~= 140 then return {member} end
 local n = string.byte(member, p + 1)
 local id = string.sub(member, p + 2, p + 1 + n)
