@@ -177,7 +177,7 @@ _values = st.recursive(
        protocol=st.sampled_from([2, 3, 4, 5]))
 def test_message_shortcut_unpickles_to_the_same_message(task_id, args, kwargs, protocol):
     from huey.registry import Message
-    from huey.serializer import dumps
+    from huey.serializer import dumps_message as dumps
 
     shared = 'repeated'  # the same object twice: memo references inside the fields
     message = Message(task_id, 'app.task', None, 2, 0, None, args + (shared, shared), kwargs)
@@ -189,7 +189,7 @@ def test_message_shortcut_unpickles_to_the_same_message(task_id, args, kwargs, p
 
 def test_message_shortcut_falls_back_for_multi_frame_pickles():
     from huey.registry import Message
-    from huey.serializer import dumps
+    from huey.serializer import dumps_message as dumps
 
     message = Message('id', 'app.task', None, 0, 0, None, (b'x' * 200_000,), {})
     assert dumps(message) == pickle.dumps(message, pickle.HIGHEST_PROTOCOL)

@@ -305,8 +305,10 @@ class Huey:
 
     def serialize_task(self, task):
         message = self._registry.create_message(task)
+        serializer = self.serializer
         try:
-            return self.serializer.serialize(message)
+            serialize = getattr(serializer, 'serialize_message', None) or serializer.serialize
+            return serialize(message)
         except Exception as exc:
             raise SerializationError(
                 f'cannot serialize task {message.name} ({task.id}): {exc}') from exc

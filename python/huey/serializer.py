@@ -4,7 +4,6 @@ Framed bytes are identical to huey 3.5.4's: gzip or zlib streams, and signed mes
 ``payload + b':' + hex HMAC-SHA1`` keyed with ``SHA1(salt + secret)``.
 """
 
-import functools
 import logging
 import pickle
 
@@ -26,8 +25,8 @@ def _short_global(cls):
 _MESSAGE_GLOBAL = _short_global(Message)
 
 
-def dumps(data, protocol=pickle.HIGHEST_PROTOCOL):
-    """``pickle.dumps``, with a shortcut for task messages.
+def dumps_message(data, protocol=pickle.HIGHEST_PROTOCOL):
+    """``pickle.dumps`` for task messages, with a shortcut.
 
     Pickling a ``Message`` (a namedtuple) costs four times its fields' tuple: the reduce
     protocol calls back into Python. The shortcut pickles the fields and wraps them in the
@@ -51,7 +50,9 @@ class Serializer:
     """Pickles messages; with ``compression`` gzips them (zlib with ``use_zlib``).
 
     Subclasses may override ``_serialize``/``_deserialize`` to change the encoding; framing
-    is applied around whatever they return.
+    is applied around whatever they return. ``serialize_message`` is ``serialize`` for
+    task messages (Huey uses it to enqueue): with the stock encoding it takes the
+    ``dumps_message`` shortcut.
     """
 
     def __init__(self, compression=False, compression_level=6, use_zlib=False,
@@ -61,15 +62,23 @@ class Serializer:
         self.use_zlib = use_zlib
         self.pickle_protocol = pickle_protocol or pickle.HIGHEST_PROTOCOL
         key = self._signing_key()
+        cls = type(self)
+        stock = cls.serialize is Serializer.serialize and cls._serialize is Serializer._serialize
+        protocol = self.pickle_protocol
         if compression or key is not None:
             self._framing = Framing(bool(compression), compression_level, bool(use_zlib), key)
+            if stock:
+                encode = self._framing.encode
+                self.serialize_message = lambda message: encode(dumps_message(message, protocol))
         else:
             self._framing = None
-            cls = type(self)
             # Plain pickle and nothing overridden: go straight to pickle, no wrapper frames.
-            if (cls.serialize is Serializer.serialize
-                    and cls._serialize is Serializer._serialize):
-                self.serialize = functools.partial(dumps, protocol=self.pickle_protocol)
+            if stock:
+                # Closures, not functools.partial: a keyword-bound partial builds a dict for
+                # every call.
+                pickle_dumps = pickle.dumps
+                self.serialize = lambda data: pickle_dumps(data, protocol)
+                self.serialize_message = lambda message: dumps_message(message, protocol)
             if (cls.deserialize is Serializer.deserialize
                     and cls._deserialize is Serializer._deserialize):
                 self.deserialize = pickle.loads
@@ -78,7 +87,10 @@ class Serializer:
         return None
 
     def _serialize(self, data):
-        return dumps(data, self.pickle_protocol)
+        return pickle.dumps(data, self.pickle_protocol)
+
+    def serialize_message(self, message):
+        return self.serialize(message)
 
     def _deserialize(self, data):
         return pickle.loads(data)
