@@ -343,10 +343,12 @@ class Huey:
         if self._immediate:
             return [self.enqueue(task) for task in tasks]
         batch = []
+        signals = self._signal.active
         for task in tasks:
             if task.expires:
                 task.resolve_expires(self.utc)
-            self._emit(S.SIGNAL_ENQUEUED, task)
+            if signals:
+                self._emit(S.SIGNAL_ENQUEUED, task)
             batch.append((self.serialize_task(task), task.priority))
         enqueue_many = getattr(self.storage, 'enqueue_many', None)
         if enqueue_many is not None:

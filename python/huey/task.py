@@ -247,7 +247,9 @@ class TaskWrapper:
         return self.huey.enqueue(task)
 
     def _apply(self, iterable):
-        return [self.s(*(item if isinstance(item, tuple) else (item,)))
+        # Positional arguments only, so no reserved keywords to look for (as in __call__).
+        task_class = self.task_class
+        return [task_class(item if isinstance(item, tuple) else (item,), {})
                 for item in iterable]
 
     def map(self, iterable):

@@ -413,7 +413,11 @@ class RedisStorage(BaseStorage):
         if any(priority for _, priority in items):
             raise NotImplementedError('Task priorities are not supported by this storage.')
         if items:
-            self.conn.lpush(self.queue_key, *(data for data, _ in items))
+            wire = self._fast()
+            if wire is None:
+                self.conn.lpush(self.queue_key, *(data for data, _ in items))
+            else:
+                wire.one(b'LPUSH', self.queue_key, *(data for data, _ in items))
 
     def dequeue(self):
         # Connection errors propagate (as in huey): the worker logs them and backs off.
