@@ -30,11 +30,19 @@ ALL_SIGNALS = frozenset((
 class Signal:
     """Receivers per signal name; ``'any'`` receivers hear every signal."""
 
-    __slots__ = ('receivers', 'active')
+    __slots__ = ('receivers', 'active', '_targets', '_any')
 
     def __init__(self):
         self.receivers = {'any': []}
         self.active = False  # any receiver connected? (lets send() return at once)
+        self._targets = {}  # signal -> its receivers then the 'any' ones, as a tuple
+        self._any = ()
+
+    def _changed(self):
+        self._any = tuple(self.receivers['any'])
+        self._targets = {name: tuple(group) + self._any
+                         for name, group in self.receivers.items() if name != 'any'}
+        self.active = self.has_receivers()
 
     def connect(self, receiver, *signals):
         if not callable(receiver):
@@ -44,7 +52,7 @@ class Signal:
                 raise ValueError(f'unknown signal {name!r}; expected one of '
                                  f'{", ".join(sorted(ALL_SIGNALS))}')
             self.receivers.setdefault(name, []).append(receiver)
-        self.active = True
+        self._changed()
 
     def disconnect(self, receiver, *signals):
         for name in signals or list(self.receivers):
@@ -52,21 +60,18 @@ class Signal:
                 self.receivers.get(name, []).remove(receiver)
             except ValueError:
                 pass
-        self.active = self.has_receivers()
+        self._changed()
 
     def has_receivers(self):
         return any(self.receivers.values())
 
     def send(self, signal, task, *args, **kwargs):
-        if not self.active:
+        targets = self._targets.get(signal, self._any)
+        if not targets:
             return
-        specific = self.receivers.get(signal)
-        for group in (specific, self.receivers['any']):
-            if not group:
-                continue
-            for receiver in tuple(group):
-                try:
-                    receiver(signal, task, *args, **kwargs)
-                except Exception:
-                    logger.exception('Error occurred in receiver "%s" for signal "%s"',
-                                     getattr(receiver, '__name__', repr(receiver)), signal)
+        for receiver in targets:
+            try:
+                receiver(signal, task, *args, **kwargs)
+            except Exception:
+                logger.exception('Error occurred in receiver "%s" for signal "%s"',
+                                 getattr(receiver, '__name__', repr(receiver)), signal)
