@@ -676,7 +676,14 @@ class RedisStorage(BaseStorage):
         pipe.expire(notify_key, self.notify_result_ttl)
 
     def put_data(self, key, value, is_result=False):
-        if is_result and self.notify_result:
+        notify = is_result and self.notify_result
+        wire = self._fast()
+        if wire is not None:
+            commands = [pack(b'HSET', self.result_key, key, value)]
+            if notify:
+                commands.extend(self._notify_commands(key))
+            wire.call(*commands)
+        elif notify:
             pipe = self.conn.pipeline(transaction=False)
             pipe.hset(self.result_key, key, value)
             self._queue_notify(pipe, key)
@@ -859,6 +866,16 @@ class RedisExpireStorage(RedisStorage):
         return self.counter_prefix + (key if isinstance(key, bytes) else key.encode('utf8'))
 
     def put_data(self, key, value, is_result=False):
+        wire = self._fast()
+        if wire is not None:
+            if not is_result:
+                wire.one(b'SET', self.result_key(key), value)
+                return
+            commands = [pack(b'SET', self.result_key(key), value, b'EX', self._expire_time)]
+            if self.notify_result:
+                commands.extend(self._notify_commands(key))
+            wire.call(*commands)
+            return
         if not is_result:
             self.conn.set(self.result_key(key), value)
             return
