@@ -409,30 +409,22 @@ class Huey:
         storage = self.storage
         if self.reliable:
             return self._dequeue_reliable(timeout)
+        # Storages with ``dequeue_peek`` (Redis) read a message's revocation flags along
+        # with it; ``is_revoked`` then uses them instead of asking the storage again.
         peek = getattr(storage, 'dequeue_peek', None)
-        if peek is not None:
-            return self._dequeue_peeking(peek, timeout)
         while True:
-            data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
+            if peek is not None:
+                data, peeked = peek(timeout) or (None, None)
+            else:
+                data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
+                peeked = None
             if data is None:
                 return None
             crashpoint('after_dequeue')
             task = self._decode_or_set_aside(data)
             if task is not None:
-                return task
-
-    def _dequeue_peeking(self, peek, timeout):
-        """``dequeue`` on storages that read a message's revocation flags along with it
-        (``storage.dequeue_peek``; Redis): ``is_revoked`` then uses them instead of
-        asking the storage again."""
-        while True:
-            got = peek(timeout)
-            if got is None:
-                return None
-            crashpoint('after_dequeue')
-            task = self._decode_or_set_aside(got[0])
-            if task is not None:
-                task._peeked = got[1]
+                if peek is not None:
+                    task._peeked = peeked
                 return task
 
     def _dequeue_reliable(self, timeout):
@@ -465,32 +457,13 @@ class Huey:
         if requeued:
             logger.warning('Requeued %d task(s) whose consumer stopped renewing its lease.',
                            requeued)
-        for item in dead:
-            # Storages that move over-cap messages into their dead-letter queue themselves
-            # (atomically with the recovery) report ``(data, deliveries, letter_id)``.
-            data, deliveries = item[0], item[1]
+        # Over-cap messages are already in the dead-letter queue: the storage moves them
+        # there in the same step as the recovery.
+        for _, deliveries, letter_id in dead:
             reason = over_cap_reason(deliveries, self.max_deliveries)
-            if len(item) > 2:
-                letter_id = item[2]
-                logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
-                self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
-            else:
-                self._dead_letter(data, reason, deliveries)
+            logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
+            self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
         return requeued, len(dead)
-
-    def _dead_letter(self, data, reason, deliveries):
-        letter_id = None
-        put = getattr(self.storage, 'put_dead_letter', None)
-        if put is not None:
-            try:
-                letter_id = put(data, reason, deliveries)
-                logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
-            except NotImplementedError:
-                pass
-        if letter_id is None:
-            logger.error('Dropping a message: %s (this storage has no dead-letter queue). '
-                         'First bytes: %r', reason, bytes(data[:32]))
-        self._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
 
     def _decode_or_set_aside(self, data):
         """The task in a message taken off the queue or schedule, or None when it cannot be
@@ -937,7 +910,7 @@ class Huey:
         ``peek=False`` a one-time or expired revocation is consumed."""
         keys = self._revoke_keys(task)
         peeked = getattr(task, '_peeked', None)
-        if peeked is not None and list(peeked[0]) == keys:
+        if peeked is not None and peeked[0] == keys:
             task._peeked = None  # read with the message: good for this one check
             stored = peeked[1]
         else:

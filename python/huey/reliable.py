@@ -12,7 +12,7 @@ each storage). Then:
   (pipeline / chord / on_error) and retry re-enqueue were written;
 - any consumer's scheduler puts entries whose lease expired back in the queue with their
   delivery count, or, once delivered ``max_deliveries`` times, hands them to the
-  dead-letter queue, inside the same storage step where the storage can.
+  dead-letter queue, inside the same storage step as the recovery.
 
 Fencing: before writing anything after the task body returns, the run renews its own lease
 (``renew_leases([token]) == 1``). A run whose entry was already recovered (lease expired,

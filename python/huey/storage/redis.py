@@ -439,7 +439,7 @@ class RedisStorage(BaseStorage):
 
     def dequeue_peek(self, timeout=None):
         """The next message and the revocation flags stored for its task, read by one
-        script (DEQUEUE_PEEK_LUA): ``(data, ((key, key), {key: value}))``, or ``(data,
+        script (DEQUEUE_PEEK_LUA): ``(data, ([key, key], {key: value}))``, or ``(data,
         None)`` when the script could not read the task's id and name; None when nothing
         arrived. When the queue is empty this waits as ``dequeue`` (``timeout`` None) or
         ``dequeue_wait`` do."""
@@ -459,7 +459,7 @@ class RedisStorage(BaseStorage):
             data = reply[0][self._member_offset:]
             if len(reply) < 5:
                 return data, None
-            flags = (_text(reply[1]), _text(reply[3]))
+            flags = [_text(reply[1]), _text(reply[3])]
             return data, (flags, {key: value for key, value in zip(flags, reply[2::2])
                                   if value is not None})
         if timeout is None:

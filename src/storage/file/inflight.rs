@@ -226,12 +226,7 @@ impl Inflight {
         if !is_token(token) {
             return Ok(false);
         }
-        let path = self.dir.join(token);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).on(&path),
-        }
+        sys::remove_if_exists(&self.dir.join(token))
     }
 
     /// Names in `inflight/` that are entries or claimed entries (not the lock, not strays).

@@ -123,12 +123,7 @@ impl Results {
 
     /// Remove `key`'s value; false when there was none.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let path = self.path_for_key(key);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).on(&path),
-        }
+        sys::remove_if_exists(&self.path_for_key(key))
     }
 
     pub fn has(&self, key: &[u8]) -> bool {
@@ -284,7 +279,7 @@ impl Counters {
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        sys::remove_if_exists(&self.path_for_key(key))
+        sys::remove_if_exists(&self.path_for_key(key)).map(drop)
     }
 
     pub fn flush(&self) -> Result<()> {

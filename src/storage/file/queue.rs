@@ -406,7 +406,7 @@ impl Queue {
         self.index
             .head(priority)
             .store(position(segment + 1, 0), Ordering::SeqCst);
-        sys::remove_if_exists(&self.segment_path(priority, segment))
+        sys::remove_if_exists(&self.segment_path(priority, segment)).map(drop)
     }
 
     pub fn dequeue(&self) -> Result<Option<Vec<u8>>> {

@@ -222,30 +222,7 @@ impl Schedule {
 
     /// Remove and return every message due at or before `ts`, in due order.
     pub fn read(&self, ts: i64) -> Result<Vec<Vec<u8>>> {
-        let mut view = self.view.lock();
-        let _guard = self.lock.acquire()?;
-        self.sync(&mut view)?;
-        let due: Vec<(Key, Span)> = view
-            .entries
-            .range(..=(ts, u64::MAX))
-            .map(|(k, s)| (*k, *s))
-            .collect();
-        if due.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut messages = Vec::with_capacity(due.len());
-        let mut removals = Vec::with_capacity(due.len() * HEADER);
-        for &((ts, seq), span) in &due {
-            messages.push(self.read_span(&view, span)?);
-            encode(ts, seq, OP_REMOVE, &[], &mut removals);
-        }
-        self.append(&mut view, &removals)?;
-        for &(key, span) in &due {
-            view.entries.remove(&key);
-            view.live_bytes -= HEADER as u64 + u64::from(span.len);
-        }
-        self.maybe_compact(&mut view, false)?;
-        Ok(messages)
+        self.move_due(ts, |_| Ok::<(), FileError>(()))
     }
 
     /// Hand every message due at or before `ts` to `deliver` (which puts them in the queue)

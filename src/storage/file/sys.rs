@@ -251,11 +251,12 @@ pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Remove `path`; a file that is already gone is not an error.
-pub fn remove_if_exists(path: &Path) -> Result<()> {
+/// Remove `path`; a file that is already gone is not an error. True when it was there.
+pub fn remove_if_exists(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).on(path),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).on(path),
     }
 }
 
