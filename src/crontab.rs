@@ -7,9 +7,10 @@
 
 use std::fmt;
 
+use chrono::{Datelike, NaiveDateTime, Timelike};
 use pyo3::prelude::*;
 
-use crate::datetime::datetime_fields;
+use crate::datetime::calendar_fields;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronError(pub String);
@@ -135,9 +136,9 @@ pub fn parse_field(spec: &str, field: Field, strict: bool) -> Result<u64, CronEr
     Ok(bits)
 }
 
-/// A parsed crontab: one bit set per field.
+/// A parsed crontab specification: one bit set per field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
+pub struct CrontabSpec {
     minute: u64,
     hour: u64,
     day: u64,
@@ -145,7 +146,7 @@ pub struct Schedule {
     day_of_week: u64,
 }
 
-impl Schedule {
+impl CrontabSpec {
     pub fn parse(
         minute: &str,
         hour: &str,
@@ -160,7 +161,7 @@ impl Schedule {
         let day_of_week = parse_field(day_of_week, Field::DayOfWeek, strict)?;
         let hour = parse_field(hour, Field::Hour, strict)?;
         let minute = parse_field(minute, Field::Minute, strict)?;
-        Ok(Schedule {
+        Ok(CrontabSpec {
             minute,
             hour,
             day,
@@ -179,66 +180,18 @@ impl Schedule {
             && has(self.minute, minute)
     }
 
-    pub fn matches_date(&self, date: &DateFields) -> bool {
-        let dow = day_of_week(date.year, date.month, date.day);
-        self.matches(date.month, date.day, dow, date.hour, date.minute)
+    /// Whether the minute of `at` matches (its own fields; no time-zone conversion).
+    pub fn matches_datetime(&self, at: &NaiveDateTime) -> bool {
+        let dow = at.weekday().num_days_from_sunday();
+        self.matches(at.month(), at.day(), dow, at.hour(), at.minute())
     }
-}
-
-/// The calendar fields crontab looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DateFields {
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-}
-
-/// Day of the week of a proleptic Gregorian date, 0 = Sunday (Sakamoto's method).
-pub fn day_of_week(year: i32, month: u32, day: u32) -> u32 {
-    const OFFSETS: [i32; 12] = [0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4];
-    let y = if month < 3 { year - 1 } else { year };
-    let m = (month.clamp(1, 12) - 1) as usize;
-    (y + y / 4 - y / 100 + y / 400 + OFFSETS[m] + day as i32).rem_euclid(7) as u32
-}
-
-/// Reads the fields crontab needs from a datetime, or from anything with `timetuple()` as
-/// huey accepts (dates, datetime-like objects).
-fn date_fields(value: &Bound<'_, PyAny>) -> PyResult<DateFields> {
-    if let Some(f) = datetime_fields(value)? {
-        return Ok(DateFields {
-            year: f.year,
-            month: f.month,
-            day: f.day,
-            hour: f.hour,
-            minute: f.minute,
-        });
-    }
-    let tt = value.call_method0("timetuple").map_err(|_| {
-        pyo3::exceptions::PyTypeError::new_err(format!(
-            "crontab expects a datetime, got {}",
-            value
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        ))
-    })?;
-    Ok(DateFields {
-        year: tt.get_item(0)?.extract()?,
-        month: tt.get_item(1)?.extract()?,
-        day: tt.get_item(2)?.extract()?,
-        hour: tt.get_item(3)?.extract()?,
-        minute: tt.get_item(4)?.extract()?,
-    })
 }
 
 /// A parsed crontab; calling it with a datetime says whether that minute matches.
 #[pyclass(frozen, module = "huey._native", name = "Crontab")]
 pub struct PyCrontab {
-    schedule: Schedule,
-    spec: [String; 5],
+    spec: CrontabSpec,
+    fields: [String; 5],
 }
 
 #[pymethods]
@@ -253,14 +206,14 @@ impl PyCrontab {
         day_of_week: &str,
         strict: bool,
     ) -> PyResult<Self> {
-        let schedule = Schedule::parse(minute, hour, day, month, day_of_week, strict)?;
-        let spec = [minute, hour, day, month, day_of_week].map(str::to_owned);
-        Ok(PyCrontab { schedule, spec })
+        let spec = CrontabSpec::parse(minute, hour, day, month, day_of_week, strict)?;
+        let fields = [minute, hour, day, month, day_of_week].map(str::to_owned);
+        Ok(PyCrontab { spec, fields })
     }
 
     /// True when the datetime's minute matches (its own fields; no time-zone conversion).
     fn matches(&self, timestamp: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.schedule.matches_date(&date_fields(timestamp)?))
+        Ok(self.spec.matches_datetime(&calendar_fields(timestamp)?))
     }
 
     fn __call__(&self, timestamp: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -276,20 +229,16 @@ impl PyCrontab {
         hour: u32,
         minute: u32,
     ) -> bool {
-        self.schedule.matches(month, day, day_of_week, hour, minute)
+        self.spec.matches(month, day, day_of_week, hour, minute)
     }
 
     fn __repr__(&self) -> String {
-        let [minute, hour, day, month, dow] = &self.spec;
+        let [minute, hour, day, month, dow] = &self.fields;
         format!(
             "crontab(minute='{minute}', hour='{hour}', day='{day}', month='{month}', \
              day_of_week='{dow}')"
         )
     }
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyCrontab>()
 }
 
 #[cfg(test)]
@@ -371,28 +320,19 @@ mod tests {
     }
 
     #[test]
-    fn weekday() {
-        assert_eq!(day_of_week(2026, 11, 27), 5); // a Friday
-        assert_eq!(day_of_week(2000, 1, 1), 6); // a Saturday
-        assert_eq!(day_of_week(2024, 2, 29), 4); // a Thursday
-    }
-
-    #[test]
-    fn schedule_matches() {
-        let s = Schedule::parse("0", "0", "*", "*", "1-5", false).unwrap();
-        let monday = DateFields {
-            year: 2026,
-            month: 11,
-            day: 23,
-            hour: 0,
-            minute: 0,
+    fn spec_matches_datetimes() {
+        let s = CrontabSpec::parse("0", "0", "*", "*", "1-5", false).unwrap();
+        let at = |day, minute| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, day)
+                .unwrap()
+                .and_hms_opt(0, minute, 0)
+                .unwrap()
         };
-        let sunday = DateFields { day: 22, ..monday };
-        assert!(s.matches_date(&monday));
-        assert!(!s.matches_date(&sunday));
-        assert!(!s.matches_date(&DateFields {
-            minute: 1,
-            ..monday
-        }));
+        assert!(s.matches_datetime(&at(23, 0))); // a Monday
+        assert!(!s.matches_datetime(&at(22, 0))); // a Sunday
+        assert!(!s.matches_datetime(&at(23, 1)));
+        let sunday = CrontabSpec::parse("*", "*", "*", "*", "7", false).unwrap();
+        assert!(sunday.matches_datetime(&at(22, 5)));
+        assert!(!sunday.matches_datetime(&at(21, 5)));
     }
 }

@@ -1,163 +1,68 @@
-//! Reading `datetime.datetime` objects without a Python call per field.
+//! The one date module: Python datetimes in, `chrono` dates and microsecond timestamps out.
 //!
-//! The limited API (abi3) hides CPython's datetime accessor macros, so the packed fields are
-//! read through the struct layout instead. That layout is checked against a known datetime the
-//! first time it is needed; if it ever differs, every read falls back to attribute lookups.
-//! Crontab matching (minute precision) and the schedules (microsecond timestamps) share it.
+//! Crontab matching (`crontab.rs`) looks at a datetime's calendar fields; the Memory and File
+//! schedules order messages by `timestamp_micros`. Calendar arithmetic (day numbers, weekdays,
+//! validity) is chrono's; reading the datetime object is `ffi::datetime_parts`.
 
-use std::os::raw::c_char;
-
-use pyo3::exceptions::PyTypeError;
-use pyo3::ffi;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
 
-/// The fields of a `datetime.datetime`, as stored (no time-zone conversion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DateTimeFields {
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-    pub microsecond: u32,
-    pub has_tzinfo: bool,
+use crate::ffi::{self, DateTimeParts};
+
+/// A naive date and time from its fields; None for an impossible date (February 30th).
+pub fn naive(parts: &DateTimeParts) -> Option<NaiveDateTime> {
+    let date = NaiveDate::from_ymd_opt(parts.year, parts.month, parts.day)?;
+    let time =
+        NaiveTime::from_hms_micro_opt(parts.hour, parts.minute, parts.second, parts.microsecond)?;
+    Some(date.and_time(time))
 }
 
-impl DateTimeFields {
-    /// Microseconds since 0001-01-01 00:00 on the proleptic Gregorian calendar, ignoring any
-    /// tzinfo. Every valid datetime fits: year 9999 is about 3.2e17 microseconds.
-    pub fn naive_micros(&self) -> i64 {
-        let days = days_from_civil(self.year, self.month, self.day);
-        let seconds = days * 86_400 + i64::from(self.hour) * 3_600 + i64::from(self.minute) * 60;
-        (seconds + i64::from(self.second)) * 1_000_000 + i64::from(self.microsecond)
-    }
+/// Microseconds since 1970-01-01 00:00 of a naive datetime, taken as UTC.
+pub fn micros_since_epoch(value: &NaiveDateTime) -> i64 {
+    // Every datetime Python can hold (years 1-9999) is within i64 microseconds of 1970.
+    value.and_utc().timestamp_micros()
 }
 
-/// Days from 0001-01-01 to the given proleptic Gregorian date (0001-01-01 is day 0).
-pub fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
-    // Howard Hinnant's algorithm, counting years from March so leap days come last.
-    let y = i64::from(year) - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    // 0000-03-01 is day 0 of the era count; 0001-01-01 comes 306 days later.
-    era * 146_097 + doe - 306
+/// The naive datetime `micros` after 1970-01-01 00:00, when it is in chrono's range.
+pub fn from_micros_since_epoch(micros: i64) -> Option<NaiveDateTime> {
+    DateTime::<Utc>::from_timestamp_micros(micros).map(|t| t.naive_utc())
 }
 
-/// Memory layout of CPython's `PyDateTime_DateTime` up to its packed fields: year (2 bytes,
-/// big-endian), month, day, hour, minute, second, microsecond (3 bytes, big-endian). This
-/// prefix has been the same in every CPython 3.x.
-#[repr(C)]
-struct RawDateTime {
-    ob_base: ffi::PyObject,
-    hashcode: ffi::Py_hash_t,
-    hastzinfo: c_char,
-    data: [u8; 10],
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
 }
 
-struct DateTimeType {
-    class: Py<PyType>,
-    layout_ok: bool,
-}
-
-static DATETIME: PyOnceLock<DateTimeType> = PyOnceLock::new();
-
-fn datetime_type(py: Python<'_>) -> PyResult<&DateTimeType> {
-    DATETIME.get_or_try_init(py, || {
-        let class = py
-            .import("datetime")?
-            .getattr("datetime")?
-            .cast_into::<PyType>()?;
-        let probe = class.call1((2001, 2, 3, 4, 5, 6, 789_012))?;
-        // SAFETY: `probe` is an exact `datetime.datetime`, whose layout starts with RawDateTime.
-        let raw = unsafe { read_raw(probe.as_ptr()) };
-        let expected = DateTimeFields {
-            year: 2001,
-            month: 2,
-            day: 3,
-            hour: 4,
-            minute: 5,
-            second: 6,
-            microsecond: 789_012,
-            has_tzinfo: false,
-        };
-        Ok(DateTimeType {
-            class: class.unbind(),
-            layout_ok: raw == expected,
-        })
-    })
-}
-
-/// # Safety
-/// `obj` must point to a live `datetime.datetime` (or subclass) instance.
-unsafe fn read_raw(obj: *mut ffi::PyObject) -> DateTimeFields {
-    let raw = &*(obj as *const RawDateTime);
-    let d = &raw.data;
-    DateTimeFields {
-        year: (i32::from(d[0]) << 8) | i32::from(d[1]),
-        month: u32::from(d[2]),
-        day: u32::from(d[3]),
-        hour: u32::from(d[4]),
-        minute: u32::from(d[5]),
-        second: u32::from(d[6]),
-        microsecond: (u32::from(d[7]) << 16) | (u32::from(d[8]) << 8) | u32::from(d[9]),
-        has_tzinfo: raw.hastzinfo != 0,
-    }
-}
-
-/// The fields of `value` when it is a `datetime.datetime` (or subclass), else `None`.
-pub fn datetime_fields(value: &Bound<'_, PyAny>) -> PyResult<Option<DateTimeFields>> {
-    let py = value.py();
-    let dt = datetime_type(py)?;
-    let class = dt.class.bind(py);
-    let ty = value.get_type();
-    // SAFETY: both are valid type objects.
-    let is_datetime = ty.is(class)
-        || unsafe { ffi::PyType_IsSubtype(ty.as_type_ptr(), class.as_type_ptr()) != 0 };
-    if !is_datetime {
+/// A `datetime.datetime` (or subclass) as a naive datetime, as its own fields say (no
+/// time-zone conversion), and whether it carries a tzinfo. None for anything else.
+pub fn read(value: &Bound<'_, PyAny>) -> PyResult<Option<(NaiveDateTime, bool)>> {
+    let Some(parts) = ffi::datetime_parts(value)? else {
         return Ok(None);
-    }
-    if dt.layout_ok {
-        // SAFETY: checked just above that `value` is a datetime.datetime instance, and that
-        // the layout matches.
-        return Ok(Some(unsafe { read_raw(value.as_ptr()) }));
-    }
-    let field = |name: &str| value.getattr(name)?.extract::<u32>();
-    Ok(Some(DateTimeFields {
-        year: value.getattr("year")?.extract()?,
-        month: field("month")?,
-        day: field("day")?,
-        hour: field("hour")?,
-        minute: field("minute")?,
-        second: field("second")?,
-        microsecond: field("microsecond")?,
-        has_tzinfo: !value.getattr("tzinfo")?.is_none(),
-    }))
+    };
+    // A datetime object always holds a valid date; this only guards the fallback path.
+    let naive = naive(&parts)
+        .ok_or_else(|| PyValueError::new_err(format!("invalid datetime fields {parts:?}")))?;
+    Ok(Some((naive, parts.has_tzinfo)))
 }
 
-/// A datetime as microseconds on the proleptic calendar, for ordering schedules.
+/// A datetime as microseconds since 1970-01-01, for ordering schedules.
 ///
 /// Naive datetimes (what huey passes) are taken as they are; aware ones are converted to UTC
 /// so that two aware datetimes order as Python compares them. `what` names the argument in
 /// the error raised for anything that is not a datetime.
 pub fn timestamp_micros(value: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
-    let fields = datetime_fields(value)?.ok_or_else(|| {
-        let type_name = value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default();
+    let (naive, aware) = read(value)?.ok_or_else(|| {
         PyTypeError::new_err(format!(
-            "{what} must be a datetime.datetime, got {type_name}"
+            "{what} must be a datetime.datetime, got {}",
+            type_name(value)
         ))
     })?;
-    let mut micros = fields.naive_micros();
-    if fields.has_tzinfo {
+    let mut micros = micros_since_epoch(&naive);
+    if aware {
         let offset = value.call_method0("utcoffset")?;
         if !offset.is_none() {
             let days: i64 = offset.getattr("days")?.extract()?;
@@ -169,55 +74,102 @@ pub fn timestamp_micros(value: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
     Ok(micros)
 }
 
+/// The calendar fields of a datetime, or of anything with `timetuple()` (dates and
+/// datetime-like objects, as huey's crontab accepts), to the minute.
+pub fn calendar_fields(value: &Bound<'_, PyAny>) -> PyResult<NaiveDateTime> {
+    if let Some((naive, _)) = read(value)? {
+        return Ok(naive);
+    }
+    let tt = value.call_method0("timetuple").map_err(|_| {
+        PyTypeError::new_err(format!(
+            "crontab expects a datetime, got {}",
+            type_name(value)
+        ))
+    })?;
+    let parts = DateTimeParts {
+        year: tt.get_item(0)?.extract()?,
+        month: tt.get_item(1)?.extract()?,
+        day: tt.get_item(2)?.extract()?,
+        hour: tt.get_item(3)?.extract()?,
+        minute: tt.get_item(4)?.extract()?,
+        ..DateTimeParts::default()
+    };
+    naive(&parts).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "timetuple() of {} is not a valid date: {parts:?}",
+            type_name(value)
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{Datelike, Timelike};
 
-    #[test]
-    fn day_numbers_match_python_toordinal() {
-        // datetime.date(y, m, d).toordinal() - 1
-        assert_eq!(days_from_civil(1, 1, 1), 0);
-        assert_eq!(days_from_civil(1970, 1, 1), 719_162);
-        assert_eq!(days_from_civil(2000, 2, 29), 730_178);
-        assert_eq!(days_from_civil(2000, 3, 1), 730_179);
-        assert_eq!(days_from_civil(9999, 12, 31), 3_652_058);
+    fn parts(year: i32, month: u32, day: u32) -> DateTimeParts {
+        DateTimeParts {
+            year,
+            month,
+            day,
+            ..DateTimeParts::default()
+        }
     }
 
     #[test]
-    fn micros_order_within_a_second() {
-        let base = DateTimeFields {
-            year: 2024,
-            month: 12,
-            day: 31,
+    fn epoch_micros_match_python() {
+        // (datetime(...) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+        let at = |p: DateTimeParts| micros_since_epoch(&naive(&p).unwrap());
+        assert_eq!(at(parts(1970, 1, 1)), 0);
+        assert_eq!(at(parts(2000, 3, 1)), 951_868_800_000_000);
+        assert_eq!(at(parts(1, 1, 1)), -62_135_596_800_000_000);
+        assert_eq!(at(parts(9999, 12, 31)), 253_402_214_400_000_000);
+        let last = DateTimeParts {
             hour: 23,
             minute: 59,
             second: 59,
-            microsecond: 999_998,
-            has_tzinfo: false,
-        };
-        let later = DateTimeFields {
             microsecond: 999_999,
-            ..base
+            ..parts(1969, 12, 31)
         };
-        let next_year = DateTimeFields {
-            year: 2025,
-            month: 1,
-            day: 1,
-            hour: 0,
-            minute: 0,
-            second: 0,
-            microsecond: 0,
-            has_tzinfo: false,
-        };
-        assert_eq!(later.naive_micros() - base.naive_micros(), 1);
-        assert_eq!(next_year.naive_micros() - later.naive_micros(), 1);
-        // 1970-01-01 is the Unix epoch.
-        let epoch = DateTimeFields {
-            year: 1970,
-            month: 1,
-            day: 1,
-            ..Default::default()
-        };
-        assert_eq!(epoch.naive_micros(), 719_162 * 86_400 * 1_000_000);
+        assert_eq!(at(last), -1);
+    }
+
+    #[test]
+    fn micros_round_trip() {
+        for micros in [0, -1, 1, 951_868_800_000_001, -62_135_596_800_000_000] {
+            let back = from_micros_since_epoch(micros).unwrap();
+            assert_eq!(micros_since_epoch(&back), micros);
+        }
+    }
+
+    #[test]
+    fn impossible_dates_are_none() {
+        assert!(naive(&parts(2023, 2, 29)).is_none());
+        assert!(naive(&parts(2024, 2, 29)).is_some());
+        assert!(naive(&parts(2024, 13, 1)).is_none());
+        assert!(naive(&DateTimeParts {
+            minute: 60,
+            ..parts(2024, 1, 1)
+        })
+        .is_none());
+    }
+
+    #[test]
+    fn weekday_and_fields() {
+        let friday = naive(&DateTimeParts {
+            hour: 7,
+            minute: 30,
+            ..parts(2026, 11, 27)
+        })
+        .unwrap();
+        assert_eq!(friday.weekday().num_days_from_sunday(), 5);
+        assert_eq!((friday.hour(), friday.minute()), (7, 30));
+        assert_eq!(
+            naive(&parts(2000, 1, 1))
+                .unwrap()
+                .weekday()
+                .num_days_from_sunday(),
+            6
+        );
     }
 }

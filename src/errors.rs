@@ -3,11 +3,11 @@
 //! Pure-Rust modules return their own error types so they can be unit tested without an
 //! interpreter; the conversions below decide which Python exception a user catches.
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::PyErr;
 
 use crate::crontab::CronError;
-use crate::framing::FramingError;
+use crate::serializer::{CompressionError, FramingError};
 
 impl From<CronError> for PyErr {
     fn from(err: CronError) -> PyErr {
@@ -18,12 +18,18 @@ impl From<CronError> for PyErr {
 impl From<FramingError> for PyErr {
     fn from(err: FramingError) -> PyErr {
         match err {
-            FramingError::Io(e) => PyOSError::new_err(e.to_string()),
+            // Deflate fails only when it cannot allocate its state.
+            FramingError::Compression(CompressionError::Deflate(_)) => {
+                PyMemoryError::new_err(err.to_string())
+            }
+            // Bad signatures, damaged streams and messages over the size limit: the consumer
+            // sets such a message aside as a dead letter with this text as the reason.
             other => PyValueError::new_err(other.to_string()),
         }
     }
 }
 
+#[cfg(unix)]
 impl From<crate::storage::file::FileError> for PyErr {
     fn from(err: crate::storage::file::FileError) -> PyErr {
         use crate::storage::file::FileError;
@@ -33,6 +39,10 @@ impl From<crate::storage::file::FileError> for PyErr {
                 Some(errno) => PyOSError::new_err((errno, source.to_string(), path)),
                 None => PyOSError::new_err(format!("{}: {source}", path.display())),
             },
+            // A file that is not what we wrote there: OSError(EBADMSG) naming it.
+            FileError::Damaged { path, what } => {
+                PyOSError::new_err((libc::EBADMSG, format!("damaged file: {what}"), path))
+            }
             other => PyValueError::new_err(other.to_string()),
         }
     }

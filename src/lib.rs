@@ -1,24 +1,34 @@
-//! `huey._native`: the Rust core of huey-rs. This file only registers the module's contents.
+//! `huey._native`: the Rust core of huey-rs. This file only lists the modules and registers
+//! the module's classes and functions.
+
+// Every unsafe block lives in `ffi.rs`, each with a SAFETY comment.
+#![deny(unsafe_code)]
 
 use pyo3::prelude::*;
 
 pub mod crontab;
 pub mod datetime;
 mod errors;
-mod fixed_deflate;
-pub mod framing;
+#[allow(unsafe_code)]
+mod ffi;
 pub mod schedule;
+pub mod serializer;
 pub mod storage;
 pub mod task;
-mod zlib;
+pub mod wait;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    crontab::register(m)?;
-    framing::register(m)?;
-    schedule::register(m)?;
-    storage::memory::register(m)?;
-    storage::file::register(m)?;
-    task::register(m)?;
+    m.add_class::<crontab::PyCrontab>()?;
+    m.add_class::<serializer::PyFraming>()?;
+    m.add_function(wrap_pyfunction!(serializer::derive_signing_key, m)?)?;
+    m.add_function(wrap_pyfunction!(serializer::py_signature, m)?)?;
+    m.add_class::<storage::memory::MemoryStore>()?;
+    #[cfg(unix)]
+    m.add_class::<storage::file::PyFileStore>()?;
+    m.add_class::<storage::watch::PyPathWatcher>()?;
+    m.add_function(wrap_pyfunction!(task::new_task_id, m)?)?;
+    m.add_function(wrap_pyfunction!(wait::check_seconds, m)?)?;
+    wait::install_exit_hook(m.py())?;
     Ok(())
 }

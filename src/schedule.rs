@@ -1,4 +1,4 @@
-//! The schedule: items waiting for their eta, in a min-heap keyed by timestamp.
+//! The schedule heap: items waiting for their eta, in a min-heap keyed by timestamp.
 //!
 //! Timestamps are plain integers (the storages use microseconds, see `crate::datetime`), so
 //! sub-second etas order correctly. Items with the same eta come out in the order they were
@@ -7,8 +7,6 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-
-use pyo3::prelude::*;
 
 struct Entry<T> {
     eta: i64,
@@ -115,10 +113,6 @@ impl<T> ScheduleHeap<T> {
             .map(|e| e.0.item)
             .collect()
     }
-}
-
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
 //! Task ids for `huey.task`: random (version 4) UUID strings, as `str(uuid.uuid4())` makes,
 //! without building a `uuid.UUID` object per task.
 //!
-//! Random bytes come from the OS (`getrandom`) in 4 KiB batches kept per thread; a forked
-//! child notices the new pid and refills, so parent and child never share ids.
+//! The `uuid` crate sets the version and variant bits and formats; the random bytes come from
+//! the OS (`getrandom`) in 4 KiB batches kept per thread, because one system call per id costs
+//! more than the rest of the work. A forked child notices the new pid and refills, so parent
+//! and child never share ids.
 
 use std::cell::RefCell;
 
+use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
+use uuid::Builder;
 
 const BATCH: usize = 4096;
 
@@ -21,25 +25,11 @@ thread_local! {
         const { RefCell::new(Entropy { pid: 0, bytes: [0; BATCH], used: BATCH }) };
 }
 
-fn fill(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: writes at most `buf.len() - filled` bytes into the slice's tail.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            panic!("getrandom failed: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
-fn random_16() -> [u8; 16] {
+fn random_16() -> Result<[u8; 16], getrandom::Error> {
     ENTROPY.with_borrow_mut(|e| {
         let pid = std::process::id();
         if e.used + 16 > BATCH || e.pid != pid {
-            fill(&mut e.bytes);
+            getrandom::fill(&mut e.bytes)?;
             e.used = 0;
             e.pid = pid;
         }
@@ -47,34 +37,24 @@ fn random_16() -> [u8; 16] {
         out.copy_from_slice(&e.bytes[e.used..e.used + 16]);
         e.bytes[e.used..e.used + 16].fill(0); // used entropy is not kept around
         e.used += 16;
-        out
+        Ok(out)
     })
 }
 
-/// Formats 16 random bytes as a version-4, RFC 4122 variant UUID string.
-pub fn uuid4_string(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push(HEX[usize::from(byte >> 4)] as char);
-        s.push(HEX[usize::from(byte & 0xf)] as char);
-    }
-    s
+/// The version-4 UUID string of 16 random bytes.
+pub fn uuid4_string(random: [u8; 16]) -> String {
+    Builder::from_random_bytes(random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// A new random task id, e.g. `'1b4e28ba-2fa1-41d2-883f-0016d3cca427'`.
 #[pyfunction]
-fn new_task_id() -> String {
-    uuid4_string(random_16())
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(new_task_id, m)?)
+pub fn new_task_id() -> PyResult<String> {
+    let random = random_16()
+        .map_err(|e| PyOSError::new_err(format!("no random bytes for a task id: {e}")))?;
+    Ok(uuid4_string(random))
 }
 
 #[cfg(test)]
@@ -91,8 +71,9 @@ mod tests {
 
     #[test]
     fn ids_differ() {
-        let ids: std::collections::HashSet<String> =
-            (0..10_000).map(|_| uuid4_string(random_16())).collect();
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| uuid4_string(random_16().unwrap()))
+            .collect();
         assert_eq!(ids.len(), 10_000);
     }
 }

@@ -1,13 +1,16 @@
-//! `MemoryStorage`: huey's in-process storage, all state behind one lock.
+//! `MemoryStore`: the native half of `huey.storage.MemoryStorage`, all state behind one lock.
 //!
 //! Layout: a priority queue (max-heap on `(priority, -seq)`: higher priority first, first-in
 //! first-out within a priority), a schedule (`crate::schedule::ScheduleHeap` keyed by
-//! microsecond timestamps), a result map and a counter map, both keyed by `str` or `bytes`
-//! keys exactly as given. Two condition variables wake `dequeue_wait` when work is enqueued
-//! and `wait_result` when a result is written, so neither has to poll.
+//! microsecond timestamps), a result map and a counter map keyed by a key's bytes and kind
+//! (`str` and `bytes` keys stay distinct, as in a Python dict), and the dead letters (id ->
+//! letter, oldest first). Two condition variables wake `dequeue_wait` when work is enqueued and
+//! `wait_result` when a result is written, so neither has to poll; both wait through
+//! `crate::wait`.
 //!
-//! Queued items and results are held as the caller's Python objects rather than copied bytes:
-//! the data is opaque to the storage, so holding a reference saves a copy each way.
+//! Queued items, results and dead letters are held as the caller's Python objects rather than
+//! copied bytes: the data is opaque to the storage, so holding a reference saves a copy each
+//! way on the hot path (huey's own MemoryStorage hands back the very objects it was given).
 //!
 //! Lock discipline (so that the GIL and the mutex can never deadlock): nothing that can run
 //! Python code happens while the mutex is held. Arguments are converted before locking; under
@@ -16,230 +19,24 @@
 //! Threads waiting on a condition variable release the GIL first and never need it while they
 //! hold the mutex.
 
-use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList};
 
 use crate::datetime::timestamp_micros;
+use crate::ffi;
 use crate::schedule::ScheduleHeap;
+use crate::wait;
 
-/// How long a waiting thread stays away from the interpreter before checking for signals
-/// (Ctrl-C). Wake-ups for data are immediate; this bounds only signal latency.
-const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+mod keys;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    Str,
-    Bytes,
-}
-
-/// A result or counter key as stored: `str` and `bytes` keys are distinct, as in a Python
-/// dict. The hash is Python's own (cached on `str` and `bytes` objects, and randomised per
-/// process), so a lookup hashes nothing and, through `KeyRef`, allocates nothing.
-#[derive(Debug, Clone)]
-struct Key {
-    hash: isize,
-    kind: KeyKind,
-    data: Box<[u8]>,
-}
-
-/// A borrowed key: what lookups hash and compare.
-#[derive(Clone, Copy)]
-struct KeyRef<'a> {
-    hash: isize,
-    kind: KeyKind,
-    data: &'a [u8],
-}
-
-/// Lets `HashMap<Key, _>` be searched with a `KeyRef` (std has no raw-entry API yet).
-trait AsKeyRef {
-    fn key_ref(&self) -> KeyRef<'_>;
-}
-
-impl AsKeyRef for Key {
-    fn key_ref(&self) -> KeyRef<'_> {
-        KeyRef {
-            hash: self.hash,
-            kind: self.kind,
-            data: &self.data,
-        }
-    }
-}
-
-impl AsKeyRef for KeyRef<'_> {
-    fn key_ref(&self) -> KeyRef<'_> {
-        *self
-    }
-}
-
-impl<'a> Borrow<dyn AsKeyRef + 'a> for Key {
-    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
-        self
-    }
-}
-
-impl Hash for dyn AsKeyRef + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_isize(self.key_ref().hash);
-    }
-}
-
-impl PartialEq for dyn AsKeyRef + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.key_ref(), other.key_ref());
-        // The hash first: it is in the table entry, the bytes are behind another pointer.
-        a.hash == b.hash && a.kind == b.kind && a.data == b.data
-    }
-}
-
-impl Eq for dyn AsKeyRef + '_ {}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn AsKeyRef).hash(state);
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        (self as &dyn AsKeyRef) == (other as &dyn AsKeyRef)
-    }
-}
-
-impl Eq for Key {}
-
-impl KeyRef<'_> {
-    fn to_owned(self) -> Key {
-        Key {
-            hash: self.hash,
-            kind: self.kind,
-            data: self.data.into(),
-        }
-    }
-}
-
-impl Key {
-    fn to_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        match self.kind {
-            // Only ever built from a Python str's UTF-8, so this cannot fail.
-            KeyKind::Str => PyString::new(py, &String::from_utf8_lossy(&self.data)).into_any(),
-            KeyKind::Bytes => PyBytes::new(py, &self.data).into_any(),
-        }
-    }
-}
-
-/// Python's hash is already well mixed; spreading it once more keeps the top bits (which the
-/// table uses as tags) varied even for small integer-like hashes.
-#[derive(Default)]
-struct PythonHash(u64);
-
-impl Hasher for PythonHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_isize(&mut self, value: isize) {
-        self.0 = (value as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<PythonHash>>;
-
-extern "C" {
-    // Part of the stable ABI since 3.10 and exported by every CPython 3 (pyo3-ffi hides it
-    // for abi3-py39). Unlike `PyUnicode_AsUTF8String` it returns the UTF-8 cached on the str
-    // (for ASCII, the string's own buffer), so reading a key copies nothing.
-    fn PyUnicode_AsUTF8AndSize(
-        unicode: *mut pyo3::ffi::PyObject,
-        size: *mut pyo3::ffi::Py_ssize_t,
-    ) -> *const std::os::raw::c_char;
-}
-
-/// A key argument: an exact `str` or `bytes` object with its hash and its bytes.
-struct PyKey<'py> {
-    /// Keeps the object that `ptr` points into alive.
-    _obj: Bound<'py, PyAny>,
-    hash: isize,
-    kind: KeyKind,
-    ptr: *const u8,
-    len: usize,
-}
-
-impl<'py> PyKey<'py> {
-    fn new(key: &Bound<'py, PyAny>) -> PyResult<Self> {
-        let py = key.py();
-        let (obj, kind) = if key.is_exact_instance_of::<PyString>() {
-            (key.clone(), KeyKind::Str)
-        } else if key.is_exact_instance_of::<PyBytes>() {
-            (key.clone(), KeyKind::Bytes)
-        } else if let Ok(s) = key.cast::<PyString>() {
-            // Subclasses may override __hash__; key on the plain value instead.
-            (PyString::new(py, &s.to_cow()?).into_any(), KeyKind::Str)
-        } else if let Ok(b) = key.cast::<PyBytes>() {
-            (PyBytes::new(py, b.as_bytes()).into_any(), KeyKind::Bytes)
-        } else {
-            let type_name = key
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default();
-            return Err(PyTypeError::new_err(format!(
-                "storage keys must be str or bytes, got {type_name}"
-            )));
-        };
-        let (ptr, len) = match kind {
-            KeyKind::Str => {
-                let mut size: pyo3::ffi::Py_ssize_t = 0;
-                // SAFETY: `obj` is an exact str; the returned buffer lives as long as it does.
-                let ptr = unsafe { PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
-                if ptr.is_null() {
-                    return Err(PyErr::fetch(py));
-                }
-                (ptr.cast::<u8>(), size as usize)
-            }
-            KeyKind::Bytes => {
-                let bytes = obj.cast::<PyBytes>()?.as_bytes();
-                (bytes.as_ptr(), bytes.len())
-            }
-        };
-        let hash = obj.hash()?;
-        Ok(PyKey {
-            _obj: obj,
-            hash,
-            kind,
-            ptr,
-            len,
-        })
-    }
-
-    fn key_ref(&self) -> KeyRef<'_> {
-        KeyRef {
-            hash: self.hash,
-            kind: self.kind,
-            // SAFETY: `ptr`/`len` point into `self.obj`, an immutable str or bytes kept alive
-            // by `self._obj`.
-            data: unsafe { std::slice::from_raw_parts(self.ptr, self.len) },
-        }
-    }
-
-    fn to_key(&self) -> Key {
-        self.key_ref().to_owned()
-    }
-}
+use keys::{key_to_py, KeyKind, KeyMap, KeyRef};
 
 struct QueueEntry<T = Py<PyAny>> {
     priority: f64,
@@ -270,6 +67,16 @@ impl<T> Ord for QueueEntry<T> {
     }
 }
 
+struct DeadLetter {
+    data: Py<PyAny>,
+    reason: String,
+    time: f64,
+    deliveries: u32,
+}
+
+/// A dead letter as `(id, data, reason, time, deliveries)`, as `FileStore` returns them.
+type LetterTuple = (String, Py<PyAny>, String, f64, u32);
+
 #[derive(Default)]
 struct State {
     queue: BinaryHeap<QueueEntry>,
@@ -277,6 +84,8 @@ struct State {
     schedule: ScheduleHeap<Py<PyAny>>,
     results: KeyMap<Py<PyAny>>,
     counters: KeyMap<i64>,
+    dead: BTreeMap<u64, DeadLetter>,
+    next_dead_id: u64,
 }
 
 /// Values taken out of the state, dropped by the caller after the lock is released.
@@ -287,25 +96,28 @@ impl State {
         std::mem::take(&mut self.queue).into_vec()
     }
 
-    fn take_results(&mut self) -> Vec<Py<PyAny>> {
-        std::mem::take(&mut self.results).into_values().collect()
-    }
-
+    /// Empties the queue, schedule, results and counters; dead letters stay (see base.py).
     fn take_all(&mut self) -> Taken {
-        self.counters.clear();
+        self.counters = KeyMap::default();
         (
             self.take_queue(),
             self.schedule.take_all(),
-            self.take_results(),
+            self.results.take_values(),
         )
     }
 }
 
-fn empty_data(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+/// `value`, or huey's `EmptyData` marker when there is none.
+fn or_empty(py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
     static EMPTY_DATA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    EMPTY_DATA.get_or_try_init(py, || {
-        Ok(py.import("huey.constants")?.getattr("EmptyData")?.unbind())
-    })
+    match value {
+        Some(value) => Ok(value),
+        None => Ok(EMPTY_DATA
+            .get_or_try_init(py, || {
+                Ok::<_, PyErr>(py.import("huey.constants")?.getattr("EmptyData")?.unbind())
+            })?
+            .clone_ref(py)),
+    }
 }
 
 /// Python's `items[:limit]` after huey's `if limit:` (None and 0 mean everything).
@@ -314,17 +126,6 @@ fn limit_to_len(limit: Option<isize>, len: usize) -> usize {
         None | Some(0) => len,
         Some(n) if n > 0 => (n as usize).min(len),
         Some(n) => len.saturating_sub(n.unsigned_abs()),
-    }
-}
-
-/// A wait timeout in seconds: `None` (or infinity) waits forever; negative means don't wait.
-fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
-    match timeout {
-        None => Ok(None),
-        Some(t) if t.is_nan() => Err(PyValueError::new_err("timeout must be a number, got nan")),
-        Some(t) => Ok(Duration::try_from_secs_f64(t.max(0.0))
-            .ok()
-            .and_then(|d| Instant::now().checked_add(d))),
     }
 }
 
@@ -340,73 +141,52 @@ fn priority_value(priority: Option<f64>) -> PyResult<f64> {
 /// A priority as a float. Ints (the usual case) are read directly: the generic float
 /// conversion goes through `int.__float__`, allocating a float object per call.
 fn priority_as_f64(priority: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if priority.is_exact_instance_of::<PyInt>() {
-        // SAFETY: `priority` is a live int object.
-        let value = unsafe { pyo3::ffi::PyLong_AsDouble(priority.as_ptr()) };
-        if value == -1.0 {
-            if let Some(err) = PyErr::take(priority.py()) {
-                return Err(err);
-            }
-        }
-        return Ok(value);
+    match priority.cast_exact::<PyInt>() {
+        Ok(int) => ffi::int_as_f64(int),
+        Err(_) => priority.extract(),
     }
-    priority.extract()
 }
 
-/// Queue, schedule, results and counters for one process, safe to share between threads.
-#[pyclass(subclass, frozen, module = "huey._native", name = "MemoryStorage")]
-pub struct MemoryStorage {
+/// Queue, schedule, results, counters and dead letters for one process, shared by threads.
+#[pyclass(frozen, module = "huey._native", name = "MemoryStore")]
+pub struct MemoryStore {
     state: Mutex<State>,
     queue_ready: Condvar,
     result_ready: Condvar,
 }
 
-impl MemoryStorage {
+impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
     }
 
-    /// Waits with the GIL released until `ready` finds something or `deadline` passes,
-    /// checking for signals every `SIGNAL_CHECK_INTERVAL`.
+    /// Waits (see `crate::wait`) until `ready` finds something or `timeout` passes, woken
+    /// through `condvar`.
     fn wait_for<T: Send>(
         &self,
         py: Python<'_>,
         condvar: &Condvar,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         ready: impl Fn(&mut State) -> Option<T> + Send + Sync,
     ) -> PyResult<Option<T>> {
-        loop {
-            let slice_end = Instant::now() + SIGNAL_CHECK_INTERVAL;
-            let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-            let found = py.detach(|| {
-                let mut state = self.lock();
-                loop {
-                    if let Some(value) = ready(&mut state) {
-                        return Some(value);
-                    }
-                    if condvar.wait_until(&mut state, until).timed_out() {
-                        return ready(&mut state);
-                    }
-                }
-            });
-            if found.is_some() {
-                return Ok(found);
+        wait::wait(py, timeout, |slice| {
+            let mut state = self.lock();
+            if let Some(found) = ready(&mut state) {
+                return Ok::<_, PyErr>(Some(found));
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
+            if !slice.is_zero() {
+                let _ = condvar.wait_for(&mut state, slice);
             }
-            py.check_signals()?;
-        }
+            Ok(ready(&mut state))
+        })
     }
 }
 
 #[pymethods]
-impl MemoryStorage {
-    /// Accepts and ignores huey's storage arguments; `BaseStorage.__init__` stores the name.
+impl MemoryStore {
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        MemoryStorage {
+    fn new() -> Self {
+        MemoryStore {
             state: Mutex::new(State::default()),
             queue_ready: Condvar::new(),
             result_ready: Condvar::new(),
@@ -439,11 +219,11 @@ impl MemoryStorage {
     /// Like `dequeue`, but waits up to `timeout` seconds (forever for None) for an item.
     #[pyo3(signature = (timeout=None))]
     fn dequeue_wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        let timeout = wait::timeout_arg("timeout", timeout)?;
         if let Some(entry) = self.lock().queue.pop() {
             return Ok(Some(entry.data));
         }
-        let deadline = deadline(timeout)?;
-        self.wait_for(py, &self.queue_ready, deadline, |state| {
+        self.wait_for(py, &self.queue_ready, timeout, |state| {
             state.queue.pop().map(|e| e.data)
         })
     }
@@ -504,8 +284,7 @@ impl MemoryStorage {
     ) -> PyResult<Bound<'py, PyList>> {
         let items: Vec<Py<PyAny>> = {
             let state = self.lock();
-            let len = state.schedule.len();
-            let n = limit_to_len(limit, len);
+            let n = limit_to_len(limit, state.schedule.len());
             state
                 .schedule
                 .items(Some(n))
@@ -523,54 +302,36 @@ impl MemoryStorage {
 
     // ---- results ----
 
+    /// Stores `value` at `key`. `is_result` (huey's storage signature) changes nothing here.
     #[pyo3(signature = (key, value, is_result=false))]
     fn put_data(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>, is_result: bool) -> PyResult<()> {
         let _ = is_result;
-        let key = PyKey::new(key)?.to_key();
+        let key = KeyRef::new(key)?;
         let replaced = self.lock().results.insert(key, value);
         self.result_ready.notify_all();
         drop(replaced);
         Ok(())
     }
 
-    /// Stores `value` only when `key` holds nothing; True when it was stored. `ttl` is
-    /// accepted for interface compatibility and ignored, as in huey.
-    #[pyo3(signature = (key, value, ttl=None))]
-    fn put_if_empty(
-        &self,
-        key: &Bound<'_, PyAny>,
-        value: Py<PyAny>,
-        ttl: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
-        let _ = ttl;
-        let key = PyKey::new(key)?.to_key();
+    /// Stores `value` only when `key` holds nothing; True when it was stored.
+    fn put_if_empty(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<bool> {
+        let key = KeyRef::new(key)?;
         let stored = {
             let mut state = self.lock();
-            match state.results.entry(key) {
-                std::collections::hash_map::Entry::Occupied(_) => None,
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(value);
-                    Some(())
-                }
-            }
+            !state.results.contains(key) && state.results.insert(key, value).is_none()
         };
-        if stored.is_some() {
+        if stored {
             self.result_ready.notify_all();
         }
-        Ok(stored.is_some())
+        Ok(stored)
     }
 
+    /// The value at `key`, or `huey.constants.EmptyData` when there is none (None is a value
+    /// like any other here).
     fn peek_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let key = PyKey::new(key)?;
-        let found = self
-            .lock()
-            .results
-            .get(&key.key_ref() as &dyn AsKeyRef)
-            .map(|v| v.clone_ref(py));
-        match found {
-            Some(value) => Ok(value),
-            None => Ok(empty_data(py)?.clone_ref(py)),
-        }
+        let key = KeyRef::new(key)?;
+        let found = self.lock().results.get(key).map(|v| v.clone_ref(py));
+        or_empty(py, found)
     }
 
     /// A dict of key -> value for those of `keys` that hold a value (keys as given).
@@ -579,27 +340,16 @@ impl MemoryStorage {
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut given = Vec::new();
-        for key in keys.try_iter()? {
-            let key = key?;
-            let parsed = PyKey::new(&key)?;
-            given.push((key, parsed));
-        }
+        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let refs: Vec<KeyRef<'_>> = given.iter().map(KeyRef::new).collect::<PyResult<_>>()?;
         let found: Vec<Option<Py<PyAny>>> = {
             let state = self.lock();
-            given
-                .iter()
-                .map(|(_, k)| {
-                    let k = k.key_ref();
-                    state
-                        .results
-                        .get(&k as &dyn AsKeyRef)
-                        .map(|v| v.clone_ref(py))
-                })
+            refs.iter()
+                .map(|k| state.results.get(*k).map(|v| v.clone_ref(py)))
                 .collect()
         };
         let out = PyDict::new(py);
-        for ((key, _), value) in given.into_iter().zip(found) {
+        for (key, value) in given.iter().zip(found) {
             if let Some(value) = value {
                 out.set_item(key, value)?;
             }
@@ -607,48 +357,45 @@ impl MemoryStorage {
         Ok(out)
     }
 
+    /// Removes and returns the value at `key`, or `EmptyData` when there is none.
     fn pop_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let key = PyKey::new(key)?;
-        let popped = self.lock().results.remove(&key.key_ref() as &dyn AsKeyRef);
-        match popped {
-            Some(value) => Ok(value),
-            None => Ok(empty_data(py)?.clone_ref(py)),
-        }
+        let key = KeyRef::new(key)?;
+        let popped = self.lock().results.remove(key);
+        or_empty(py, popped)
     }
 
     fn delete_data(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = PyKey::new(key)?;
-        let removed = self.lock().results.remove(&key.key_ref() as &dyn AsKeyRef);
+        let key = KeyRef::new(key)?;
+        let removed = self.lock().results.remove(key);
         Ok(removed.is_some())
     }
 
     fn has_data_for_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let key = PyKey::new(key)?;
-        Ok(self
-            .lock()
-            .results
-            .contains_key(&key.key_ref() as &dyn AsKeyRef))
+        let key = KeyRef::new(key)?;
+        Ok(self.lock().results.contains(key))
     }
 
     /// Waits until `key` holds a value; False when `timeout` seconds pass first. Woken by the
-    /// write itself, so `backoff` and `max_delay` (polling parameters) are accepted and unused.
-    #[pyo3(signature = (key, timeout=None, backoff=1.15, max_delay=1.0))]
+    /// write itself, so there is no polling.
+    #[pyo3(signature = (key, timeout=None))]
     fn wait_result(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         timeout: Option<f64>,
-        backoff: f64,
-        max_delay: f64,
     ) -> PyResult<bool> {
-        let _ = (backoff, max_delay);
-        let key = PyKey::new(key)?.to_key();
-        if self.lock().results.contains_key(&key) {
+        let timeout = wait::timeout_arg("timeout", timeout)?;
+        let key = KeyRef::new(key)?;
+        if self.lock().results.contains(key) {
             return Ok(true);
         }
-        let deadline = deadline(timeout)?;
-        let found = self.wait_for(py, &self.result_ready, deadline, |state| {
-            state.results.contains_key(&key).then_some(())
+        let (kind, bytes) = (key.kind, key.bytes.to_vec());
+        let found = self.wait_for(py, &self.result_ready, timeout, |state| {
+            let key = KeyRef {
+                kind,
+                bytes: &bytes,
+            };
+            state.results.contains(key).then_some(())
         })?;
         Ok(found.is_some())
     }
@@ -658,23 +405,23 @@ impl MemoryStorage {
     }
 
     fn result_items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let items: Vec<(Key, Py<PyAny>)> = {
+        let items: Vec<(KeyKind, Vec<u8>, Py<PyAny>)> = {
             let state = self.lock();
             state
                 .results
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone_ref(py)))
+                .map(|(kind, key, v)| (kind, key.to_vec(), v.clone_ref(py)))
                 .collect()
         };
         let out = PyDict::new(py);
-        for (key, value) in items {
-            out.set_item(key.to_py(py), value)?;
+        for (kind, key, value) in items {
+            out.set_item(key_to_py(py, kind, &key), value)?;
         }
         Ok(out)
     }
 
     fn flush_results(&self) {
-        let taken = self.lock().take_results();
+        let taken = self.lock().results.take_values();
         drop(taken);
     }
 
@@ -683,12 +430,9 @@ impl MemoryStorage {
     /// Adds `amount` to the counter at `key` (starting from 0) and returns the new value.
     #[pyo3(signature = (key, amount=1))]
     fn incr(&self, key: &Bound<'_, PyAny>, amount: i64) -> PyResult<i64> {
-        let key = PyKey::new(key)?;
+        let key = KeyRef::new(key)?;
         let mut state = self.lock();
-        let counter = match state.counters.get_mut(&key.key_ref() as &dyn AsKeyRef) {
-            Some(counter) => counter,
-            None => state.counters.entry(key.to_key()).or_insert(0),
-        };
+        let counter = state.counters.get_or_insert_with(key, || 0);
         let value = counter.checked_add(amount).ok_or_else(|| {
             PyOverflowError::new_err(format!("counter {counter} + {amount} overflows 64 bits"))
         })?;
@@ -697,65 +441,104 @@ impl MemoryStorage {
     }
 
     fn delete_counter(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
-        let key = PyKey::new(key)?;
-        self.lock().counters.remove(&key.key_ref() as &dyn AsKeyRef);
+        let key = KeyRef::new(key)?;
+        self.lock().counters.remove(key);
         Ok(())
     }
 
     fn flush_counters(&self) {
-        self.lock().counters.clear();
+        self.lock().counters = KeyMap::default();
     }
 
-    /// A snapshot of the counters as a dict (huey's own tests read this attribute).
-    #[getter(_counters)]
+    /// The counters as a dict (huey's own tests read `storage._counters`).
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let items: Vec<(Key, i64)> = {
+        let items: Vec<(KeyKind, Vec<u8>, i64)> = {
             let state = self.lock();
             state
                 .counters
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
+                .map(|(kind, key, v)| (kind, key.to_vec(), *v))
                 .collect()
         };
         let out = PyDict::new(py);
-        for (key, value) in items {
-            out.set_item(key.to_py(py), value)?;
+        for (kind, key, value) in items {
+            out.set_item(key_to_py(py, kind, &key), value)?;
         }
         Ok(out)
     }
 
+    /// Empties the queue, schedule, results and counters; dead letters stay.
     fn flush_all(&self) {
         let taken = self.lock().take_all();
         drop(taken);
     }
+
+    // ---- dead letters ----
+
+    /// Sets `data` aside with `reason`; returns the letter's id.
+    #[pyo3(signature = (data, reason, deliveries=1))]
+    fn put_dead_letter(&self, data: Py<PyAny>, reason: String, deliveries: u32) -> String {
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut state = self.lock();
+        state.next_dead_id += 1;
+        let id = state.next_dead_id;
+        state.dead.insert(
+            id,
+            DeadLetter {
+                data,
+                reason,
+                time,
+                deliveries,
+            },
+        );
+        id.to_string()
+    }
+
+    /// Dead letters oldest first (at most `limit`), as `(id, data, reason, time, deliveries)`.
+    #[pyo3(signature = (limit=None))]
+    fn dead_letters(&self, py: Python<'_>, limit: Option<usize>) -> Vec<LetterTuple> {
+        let state = self.lock();
+        state
+            .dead
+            .iter()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|(id, l)| letter_tuple(py, *id, l))
+            .collect()
+    }
+
+    /// Removes and returns the letter `id`, or None when there is no such letter.
+    fn pop_dead_letter(&self, py: Python<'_>, id: &str) -> Option<LetterTuple> {
+        let id: u64 = id.parse().ok()?;
+        let letter = self.lock().dead.remove(&id)?;
+        let tuple = letter_tuple(py, id, &letter);
+        Some(tuple)
+    }
+
+    fn dead_letter_count(&self) -> usize {
+        self.lock().dead.len()
+    }
+
+    fn flush_dead_letters(&self) {
+        let taken = std::mem::take(&mut self.lock().dead);
+        drop(taken);
+    }
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<MemoryStorage>()
+fn letter_tuple(py: Python<'_>, id: u64, letter: &DeadLetter) -> LetterTuple {
+    (
+        id.to_string(),
+        letter.data.clone_ref(py),
+        letter.reason.clone(),
+        letter.time,
+        letter.deliveries,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_found_by_borrowed_view_and_kind() {
-        let key = |kind, data: &'static [u8]| KeyRef {
-            hash: 7, // equal hashes force the comparison of kind and bytes
-            kind,
-            data,
-        };
-        let mut map: KeyMap<u32> = KeyMap::default();
-        map.insert(key(KeyKind::Str, b"a").to_owned(), 1);
-        map.insert(key(KeyKind::Bytes, b"a").to_owned(), 2);
-        map.insert(key(KeyKind::Str, b"b").to_owned(), 3);
-        assert_eq!(map.len(), 3);
-        let get = |k: KeyRef<'_>| map.get(&k as &dyn AsKeyRef).copied();
-        assert_eq!(get(key(KeyKind::Str, b"a")), Some(1));
-        assert_eq!(get(key(KeyKind::Bytes, b"a")), Some(2));
-        assert_eq!(get(key(KeyKind::Str, b"b")), Some(3));
-        assert_eq!(get(key(KeyKind::Bytes, b"b")), None);
-    }
 
     #[test]
     fn limits_follow_python_slicing() {

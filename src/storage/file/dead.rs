@@ -29,6 +29,7 @@ pub struct DeadLetter {
     pub deliveries: u32,
 }
 
+#[derive(Clone)]
 pub struct DeadLetters {
     dir: PathBuf,
     tmp: TmpDir,

@@ -29,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::queue::{Dequeued, Queue};
+use super::queue::{Dequeued, Queue, MAX_PRIORITY};
 use super::sys::{self, Context, DirLock, DirLockGuard, FileError, Result, TmpDir};
 
 const MAGIC: &[u8; 5] = b"HRIF\x01";
@@ -53,6 +53,8 @@ pub struct Entry {
 pub struct Recovered {
     pub requeued: usize,
     pub dead: Vec<(Vec<u8>, u32, String)>,
+    /// Entries that could not be recovered, set aside as `(reason, dead letter id)`.
+    pub bad: Vec<(String, String)>,
 }
 
 pub struct Inflight {
@@ -108,28 +110,10 @@ fn decode(token: String, lease_until: f64, file: Vec<u8>) -> Option<Entry> {
 
 /// Set the mtime of `path` to `when` (seconds since the epoch). False: `path` is gone.
 fn set_mtime(path: &Path, when: f64) -> Result<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-        .on(path)?;
-    let secs = when.floor();
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: ((when - secs) * 1e9) as libc::c_long,
-        },
-    ];
-    // SAFETY: a NUL-terminated path and two timespecs, as utimensat expects.
-    let ret = unsafe { libc::utimensat(libc::AT_FDCWD, cpath.as_ptr(), times.as_ptr(), 0) };
-    if ret == 0 {
+    let Err(e) = crate::ffi::set_mtime(path, when) else {
         return Ok(true);
-    }
-    match io::Error::last_os_error() {
+    };
+    match e {
         e if e.kind() == io::ErrorKind::NotFound => Ok(false),
         e => Err(e).on(path),
     }
@@ -169,10 +153,42 @@ impl Inflight {
         lease: f64,
     ) -> Result<Option<(Vec<u8>, u32)>> {
         queue.dequeue_with(|message| {
-            let deliveries = message.deliveries.saturating_add(1);
-            self.place(&message, deliveries, consumer, token, now() + lease)?;
-            Ok((message.data, deliveries))
+            // The entry keeps the deliveries charged so far; `start` charges this one.
+            self.place(&message, message.deliveries, consumer, token, now() + lease)?;
+            Ok((message.data, message.deliveries.saturating_add(1)))
         })
+    }
+
+    /// The task of entry `token` starts: charge its delivery (the count in its header goes
+    /// up by one, written in place; the write moves the mtime, so the lease is put back).
+    /// False when the entry is gone (acked or recovered).
+    pub fn start(&self, token: &str) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        if !is_token(token) {
+            return Ok(false);
+        }
+        let path = self.dir.join(token);
+        // Under the lock: a recovery cannot claim the entry between the read and the write.
+        let _guard = self.acquire()?;
+        let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).on(&path),
+        };
+        let lease_until = mtime(&file.metadata().on(&path)?);
+        let mut header = [0u8; HEADER];
+        let at = MAGIC.len() + 4;
+        if file.read_exact_at(&mut header, 0).is_err() || &header[..MAGIC.len()] != MAGIC {
+            return Ok(true); // unreadable: recovery sets it aside
+        }
+        let charged = u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        file.write_all_at(&charged.saturating_add(1).to_le_bytes(), at as u64)
+            .on(&path)?;
+        if self.tmp.fsync {
+            file.sync_data().on(&path)?;
+        }
+        set_mtime(&path, lease_until)?;
+        Ok(true)
     }
 
     /// Write the entry under `tmp/`, set its lease, and link it as `inflight/{token}`.
@@ -250,14 +266,16 @@ impl Inflight {
 
     /// Put every entry whose lease ended before `now` back in `queue` with its delivery
     /// count, except those delivered `max_deliveries` times: those go to `set_aside(data,
-    /// deliveries)` (the dead-letter queue; it returns the letter's id). Either happens
-    /// before the entry's file is removed, so a crash can repeat it but never skip it.
+    /// deliveries, None)` (the dead-letter queue; it returns the letter's id). Either happens
+    /// before the entry's file is removed, so a crash can repeat it but never skip it. An
+    /// entry that cannot be read or holds impossible fields goes to `set_aside(bytes, 0,
+    /// Some(reason))` and the others are recovered all the same.
     pub fn recover(
         &self,
         queue: &Queue,
         max_deliveries: u32,
         now: f64,
-        mut set_aside: impl FnMut(&[u8], u32) -> Result<String>,
+        mut set_aside: impl FnMut(&[u8], u32, Option<String>) -> Result<String>,
     ) -> Result<Recovered> {
         let _guard = self.acquire()?;
         let mut recovered = Recovered::default();
@@ -271,24 +289,63 @@ impl Inflight {
                     Ok(meta) if mtime(&meta) < now => {}
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e).on(&path),
+                    Err(e) => {
+                        self.set_aside_bad(
+                            &path,
+                            &[],
+                            format!("{e}"),
+                            &mut set_aside,
+                            &mut recovered,
+                        )?;
+                        continue;
+                    }
                 }
                 let claimed = self.dir.join(format!("{name}{RECOVERING}"));
                 match fs::rename(&path, &claimed) {
                     Ok(()) => claimed,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // acked
-                    Err(e) => return Err(e).on(&path),
+                    Err(e) => {
+                        self.set_aside_bad(
+                            &path,
+                            &[],
+                            format!("{e}"),
+                            &mut set_aside,
+                            &mut recovered,
+                        )?;
+                        continue;
+                    }
                 }
             };
-            let Some(file) = sys::read_if_exists(&claimed)? else {
-                continue;
+            let file = match sys::read_if_exists(&claimed) {
+                Ok(Some(file)) => file,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.set_aside_bad(
+                        &claimed,
+                        &[],
+                        e.to_string(),
+                        &mut set_aside,
+                        &mut recovered,
+                    )?;
+                    continue;
+                }
             };
-            // Written under tmp/ and renamed, so never torn; anything else is not ours.
-            let Some(entry) = decode(name, 0.0, file) else {
-                continue;
+            let token = name.strip_suffix(RECOVERING).unwrap_or(&name).to_owned();
+            let entry = match decode(token, 0.0, file.clone()) {
+                Some(entry) if i64::from(entry.priority) <= MAX_PRIORITY => entry,
+                Some(entry) => {
+                    let why = format!("priority {} is outside 0..{MAX_PRIORITY}", entry.priority);
+                    self.set_aside_bad(&claimed, &file, why, &mut set_aside, &mut recovered)?;
+                    continue;
+                }
+                None => {
+                    let why = "not an in-flight entry (bad header)".to_owned();
+                    self.set_aside_bad(&claimed, &file, why, &mut set_aside, &mut recovered)?;
+                    continue;
+                }
             };
             if entry.deliveries >= max_deliveries {
-                let id = set_aside(&entry.data, entry.deliveries)?;
+                let id = set_aside(&entry.data, entry.deliveries, None)?;
                 recovered.dead.push((entry.data, entry.deliveries, id));
             } else {
                 let priority = i64::from(entry.priority);
@@ -298,6 +355,25 @@ impl Inflight {
             sys::remove_if_exists(&claimed)?;
         }
         Ok(recovered)
+    }
+
+    /// Set a bad entry's bytes aside with the reason, then remove it (or, when it cannot be
+    /// removed, rename it out of the way) so later recoveries do not meet it again.
+    fn set_aside_bad(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        why: String,
+        set_aside: &mut impl FnMut(&[u8], u32, Option<String>) -> Result<String>,
+        recovered: &mut Recovered,
+    ) -> Result<()> {
+        let reason = format!("unusable in-flight entry {}: {why}", path.display());
+        let id = set_aside(bytes, 0, Some(reason.clone()))?;
+        if fs::remove_file(path).is_err() {
+            let _ = fs::rename(path, path.with_extension("bad"));
+        }
+        recovered.bad.push((reason, id));
+        Ok(())
     }
 
     /// Every entry, soonest lease expiry first (claimed ones are on their way back to the
@@ -327,7 +403,7 @@ impl Inflight {
 mod tests {
     use super::*;
 
-    fn no_dead(_: &[u8], _: u32) -> Result<String> {
+    fn no_dead(_: &[u8], _: u32, _: Option<String>) -> Result<String> {
         panic!("nothing here is over the delivery cap")
     }
 
@@ -344,7 +420,8 @@ mod tests {
 
         fn open(&self) -> (Queue, Inflight) {
             let tmp = TmpDir::new(self.0.join("tmp"), false);
-            let queue = Queue::open(self.0.join("queue"), true, false).unwrap();
+            let report: super::super::frame::Report = std::sync::Arc::new(|_| Ok(()));
+            let queue = Queue::open(self.0.join("queue"), false, true, report).unwrap();
             let inflight = Inflight::new(self.0.join("inflight"), tmp, true);
             (queue, inflight)
         }
@@ -379,8 +456,11 @@ mod tests {
         let got = inflight.take(&queue, "c", "a", 30.0).unwrap();
         assert_eq!(got, Some((b"high".to_vec(), 1)));
         assert_eq!(queue.size().unwrap(), 1);
+        assert_eq!(inflight.items().unwrap()[0].deliveries, 0); // not started: not charged
+        assert!(inflight.start("a").unwrap());
         let items = inflight.items().unwrap();
         assert_eq!(items.len(), 1);
+        assert_eq!(items[0].deliveries, 1);
         assert!(items[0].lease_until > now() + 29.0 && items[0].priority == 5);
         assert_eq!(inflight.renew(&["a".into(), "zz".into()], 60.0).unwrap(), 1);
         assert!(inflight.items().unwrap()[0].lease_until > now() + 59.0);
@@ -398,9 +478,10 @@ mod tests {
             inflight.take(&queue, "c", "b", 30.0).unwrap(),
             Some((b"high".to_vec(), 2))
         );
+        assert!(inflight.start("b").unwrap());
         let mut letters = Vec::new();
         let dead = inflight
-            .recover(&queue, 2, now() + 31.0, |data, n| {
+            .recover(&queue, 2, now() + 31.0, |data, n, _| {
                 letters.push((data.to_vec(), n));
                 Ok("7".into())
             })
@@ -419,6 +500,25 @@ mod tests {
         assert!(inflight.ack("c").unwrap() && inflight.ack("d").unwrap());
         assert!(inflight.items().unwrap().is_empty());
         assert_eq!(inflight.take(&queue, "c", "e", 30.0).unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_started_delivery_is_charged() {
+        let dir = Dir::new("start");
+        let (queue, inflight) = dir.open();
+        queue.enqueue(b"m", 0).unwrap();
+        inflight.take(&queue, "c", "t1", 30.0).unwrap();
+        // Its consumer died before starting it: back with no delivery charged.
+        let back = inflight.recover(&queue, 1, now() + 31.0, no_dead).unwrap();
+        assert_eq!(back.requeued, 1);
+        let got = inflight.take(&queue, "c", "t2", 30.0).unwrap();
+        assert_eq!(got, Some((b"m".to_vec(), 1)));
+        let lease = inflight.items().unwrap()[0].lease_until;
+        assert!(inflight.start("t2").unwrap());
+        // The in-place write keeps the lease.
+        assert!((inflight.items().unwrap()[0].lease_until - lease).abs() < 1e-3);
+        assert!(!inflight.start("gone").unwrap() && !inflight.start("../x").unwrap());
+        assert!(inflight.ack("t2").unwrap() && !inflight.start("t2").unwrap());
     }
 
     #[test]

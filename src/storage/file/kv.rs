@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
-use super::sys::{self, Context, Result, TmpDir, Watchers};
+use super::super::watch::Watchers;
+use super::sys::{self, Context, Result, TmpDir};
 
 /// Width of a counter file: an i64 with its sign fits in 20 characters.
 const COUNTER_WIDTH: usize = 20;
@@ -30,6 +31,10 @@ fn hex_md5(key: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn is_result_name(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 pub struct Results {
@@ -99,13 +104,32 @@ impl Results {
     /// Split a stored file into key and value; None when it is corrupt.
     fn unpack(data: &[u8]) -> Option<(&[u8], &[u8])> {
         let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-        let key = data.get(4..4 + len)?;
+        let key = data.get(4..4usize.checked_add(len)?)?;
         Some((key, &data[4 + len..]))
     }
 
+    /// The value in the file stored for `key`, or an error naming the file when it does not
+    /// hold that key (damaged or replaced): never a silent "no result".
+    fn value_of(path: &Path, key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+        match Self::unpack(data) {
+            Some((stored, value)) if stored == key => Ok(value.to_vec()),
+            _ => Err(sys::FileError::Damaged {
+                path: path.to_path_buf(),
+                what: format!(
+                    "the result file for key {:?} does not hold that key ({} bytes)",
+                    String::from_utf8_lossy(key),
+                    data.len()
+                ),
+            }),
+        }
+    }
+
     pub fn peek(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let data = sys::read_if_exists(&self.path_for_key(key))?;
-        Ok(data.and_then(|d| Self::unpack(&d).map(|(_, value)| value.to_vec())))
+        let path = self.path_for_key(key);
+        match sys::read_if_exists(&path)? {
+            Some(data) => Self::value_of(&path, key, &data).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn pop(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -116,9 +140,20 @@ impl Results {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).on(&path),
         }
-        let data = sys::read_if_exists(&claimed)?;
-        sys::remove_if_exists(&claimed)?;
-        Ok(data.and_then(|d| Self::unpack(&d).map(|(_, value)| value.to_vec())))
+        let data = sys::read_if_exists(&claimed)?.unwrap_or_default();
+        match Self::value_of(&path, key, &data) {
+            Ok(value) => {
+                sys::remove_if_exists(&claimed)?;
+                Ok(Some(value))
+            }
+            Err(damaged) => {
+                // Put it back for inspection, unless a new result took its place meanwhile.
+                if fs::hard_link(&claimed, &path).is_ok() || path.exists() {
+                    let _ = fs::remove_file(&claimed);
+                }
+                Err(damaged)
+            }
+        }
     }
 
     /// Remove `key`'s value; false when there was none.
@@ -167,13 +202,18 @@ impl Results {
         })
     }
 
-    /// Every stored (key, value), in no particular order.
+    /// Every stored (key, value), in no particular order. A file that is not a result for
+    /// the key its name hashes is left out, as huey 3.5.4 does (`peek`/`pop` of its key
+    /// report it).
     pub fn items(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut items = Vec::new();
         self.walk(&self.dir, &mut |path| {
             if let Some(data) = sys::read_if_exists(path)? {
+                let named = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if let Some((key, value)) = Self::unpack(&data) {
-                    items.push((key.to_vec(), value.to_vec()));
+                    if hex_md5(key) == named {
+                        items.push((key.to_vec(), value.to_vec()));
+                    }
                 }
             }
             Ok(())
@@ -201,7 +241,8 @@ impl Results {
             let path = entry.path();
             if entry.file_type().on(&path)?.is_dir() {
                 self.walk(&path, visit)?;
-            } else {
+            } else if is_result_name(&entry.file_name().to_string_lossy()) {
+                // Not huey 3.5.4's `.tmp` files of a write in progress (or left by a crash).
                 visit(&path)?;
             }
         }
@@ -256,10 +297,19 @@ impl Counters {
         let file = self.open_locked(&path)?;
         let mut buf = [0u8; 64];
         let n = file.read_at(&mut buf, 0).on(&path)?;
-        let current = std::str::from_utf8(&buf[..n])
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
+        let text = std::str::from_utf8(&buf[..n]).map(str::trim);
+        let current = match text {
+            Ok("") => Some(0),
+            Ok(text) => text.parse::<i64>().ok(),
+            Err(_) => None,
+        };
+        let current = current.ok_or_else(|| sys::FileError::Damaged {
+            path: path.clone(),
+            what: format!(
+                "not a counter: {:?}",
+                String::from_utf8_lossy(&buf[..n.min(40)])
+            ),
+        })?;
         let value = current
             .checked_add(amount)
             .ok_or_else(|| sys::FileError::Io {

@@ -1,199 +1,54 @@
-//! The task queue: per-priority segment files of appended records, with the head and tail of
-//! every priority in a small memory-mapped index changed under `flock`.
+//! The task queue: per-priority segment files of self-checking records, with the head and
+//! tail of every priority in a memory-mapped index (index.rs) changed under `queue.d/lock`.
 //!
-//! `queue/index` (created sparse, about 2 MiB, only touched pages use disk):
+//! Messages of priority `p` are the records from `head` to `tail` in
+//! `queue.d/{p:04x}-{segment:08x}.seg`, framed as in frame.rs (magic "hrq3"). Record kinds:
+//! 1 a message; 2 a message put back by reliable delivery's recovery, its body starting
+//! with its earlier delivery count (u32 LE); 3 end of segment. A record's mark byte is set to
+//! `CONSUMED` after it is dequeued, so an index rebuilt from the segments starts after it.
 //!
-//! ```text
-//! 0      magic "HUEYRSQ2"
-//! 4096   bitmap, 65536 bits: bit p set = priority p may hold messages
-//! 12288  65536 x (head u64, tail u64, dequeued u64, enqueued u64)
-//! ```
+//! Enqueue writes its record at `tail` with `pwrite` and only then moves `tail` past it;
+//! dequeue reads the record at `head` and then moves `head`. Both cost one write or read and
+//! a few stores whatever the depth. A segment that reaches `SEGMENT_BYTES` gets an end
+//! record and the tail moves to a new one; the reader deletes a segment when it passes its
+//! end.
 //!
-//! `head` and `tail` are positions `segment << 32 | offset`; one aligned 8-byte store moves
-//! either, so no reader or crash can see half an update. Messages of priority `p` are the
-//! records from `head` to `tail` in `queue/{p:04x}-{segment:08x}.seg`. A record is
-//! `len u32, check u32 (= len ^ CHECK), data`; a record with `len = u32::MAX` ends a segment.
-//! A message put back by reliable delivery's recovery (inflight.rs) is
-//! `len u32, check u32 (= len ^ CHECK_REDELIVERED), deliveries u32, data`, so the next
-//! reliable dequeue counts on from there; every other reader just skips the count.
-//! `enqueued - dequeued` is the priority's size.
-//!
-//! Enqueue writes its record at `tail` and only then moves `tail` past it; dequeue reads the
-//! record at `head` and then moves `head`. Both cost one write or read and a few stores
-//! whatever the depth: no directory is listed and no file is created per message (creating a
-//! file costs a journal transaction on most filesystems; appending does not). A segment that
-//! reaches `SEGMENT_BYTES` gets an end record and the tail moves to a new segment; the reader
-//! deletes a segment when it meets its end record.
+//! Damage never costs more than the damaged bytes: a record that fails its check is set
+//! aside (reported to the dead-letter queue with its file and offset) and the reader
+//! resynchronises on the next good record; a missing or truncated segment loses only what it
+//! held, and records written after it are still found. A missing, zeroed, truncated or
+//! replaced index is rebuilt from the segments.
 //!
 //! Crash safety: a process killed while writing a record has not moved `tail`, so the torn
-//! bytes are invisible and the next enqueue overwrites them. One killed after moving `tail`
-//! has written a whole record. A process killed while reading has not moved `head`, so the
-//! message stays queued. Segment numbers are never reused, so a stale cached descriptor never
-//! points at live data under a new name.
+//! bytes are invisible and the next enqueue overwrites them. A process killed while reading
+//! has not moved `head`, so the message stays queued. Segment numbers are never reused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
-use super::sys::{self, Context, DirLock, FileError, Result};
+use super::frame::{self, Damage, Found, Report};
+pub use super::index::MAX_PRIORITY;
+use super::index::{position, split, Index, MAGIC};
+use super::sys::{self, Context, DirLock, DirLockGuard, FileError, Result};
 
-pub const MAX_PRIORITY: i64 = 0xffff;
-const PRIORITIES: usize = MAX_PRIORITY as usize + 1;
-const MAGIC: u64 = u64::from_le_bytes(*b"HUEYRSQ2");
-const BITMAP_OFFSET: usize = 4096;
-const SLOTS_OFFSET: usize = BITMAP_OFFSET + PRIORITIES / 8;
-const SLOT_BYTES: usize = 32;
-const INDEX_LEN: usize = SLOTS_OFFSET + PRIORITIES * SLOT_BYTES;
-const WORDS: usize = PRIORITIES / 64;
-
+pub const SEGMENT_MAGIC: &[u8; 4] = b"hrq3";
 /// A segment takes new records until it holds this many bytes.
 const SEGMENT_BYTES: u64 = 8 << 20;
-const HEADER: usize = 8;
-const CHECK: u32 = 0x5bd1_e995;
-/// Marks a record that starts with the message's earlier delivery count.
-const CHECK_REDELIVERED: u32 = 0x2f6b_52a7;
+pub const KIND_MESSAGE: u8 = 1;
+pub const KIND_REDELIVERED: u8 = 2;
+const KIND_END: u8 = 3;
+const CONSUMED: u8 = 0xc5;
 const COUNT: usize = 4;
-const END_OF_SEGMENT: u32 = u32::MAX;
-/// Records up to this size are read with the header in a single `pread`.
-const READ_AHEAD: usize = 4096;
+mod import;
+use import::IMPORT_PLAN;
 /// The largest message: its record must fit the 32-bit offset of a position.
-const MAX_MESSAGE: usize = u32::MAX as usize - 2 * HEADER;
-
-fn position(segment: u64, offset: u64) -> u64 {
-    (segment << 32) | offset
-}
-
-fn split(position: u64) -> (u64, u64) {
-    (position >> 32, position & 0xffff_ffff)
-}
-
-fn header(len: u32) -> [u8; HEADER] {
-    header_marked(len, CHECK)
-}
-
-fn header_marked(len: u32, mark: u32) -> [u8; HEADER] {
-    let mut h = [0u8; HEADER];
-    h[..4].copy_from_slice(&len.to_le_bytes());
-    h[4..].copy_from_slice(&(len ^ mark).to_le_bytes());
-    h
-}
-
-/// The record length in a header and whether a delivery count follows it, or None when the
-/// bytes are not a header.
-fn parse_header(h: &[u8]) -> Option<(u32, bool)> {
-    let len = u32::from_le_bytes(h.get(..4)?.try_into().ok()?);
-    let check = u32::from_le_bytes(h.get(4..8)?.try_into().ok()?);
-    if check == len ^ CHECK {
-        Some((len, false))
-    } else if check == len ^ CHECK_REDELIVERED && len as usize >= COUNT {
-        Some((len, true))
-    } else {
-        None
-    }
-}
-
-/// The shared index mapped into this process.
-struct Index {
-    ptr: *mut u8,
-}
-
-// SAFETY: the mapping is only accessed through atomics, and lives as long as the Index.
-unsafe impl Send for Index {}
-unsafe impl Sync for Index {}
-
-impl Index {
-    fn map(file: &File, path: &Path) -> Result<Index> {
-        // SAFETY: maps INDEX_LEN bytes of a file that was sized to at least that length.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                INDEX_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).on(path);
-        }
-        Ok(Index { ptr: ptr.cast() })
-    }
-
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= INDEX_LEN);
-        // SAFETY: in bounds and 8-byte aligned (the mapping is page aligned).
-        unsafe { &*(self.ptr.add(offset) as *const AtomicU64) }
-    }
-
-    fn magic(&self) -> &AtomicU64 {
-        self.word(0)
-    }
-
-    fn bits(&self, word: usize) -> &AtomicU64 {
-        self.word(BITMAP_OFFSET + word * 8)
-    }
-
-    fn slot(&self, priority: usize, field: usize) -> &AtomicU64 {
-        self.word(SLOTS_OFFSET + priority * SLOT_BYTES + field * 8)
-    }
-
-    fn head(&self, priority: usize) -> &AtomicU64 {
-        self.slot(priority, 0)
-    }
-
-    fn tail(&self, priority: usize) -> &AtomicU64 {
-        self.slot(priority, 1)
-    }
-
-    fn dequeued(&self, priority: usize) -> &AtomicU64 {
-        self.slot(priority, 2)
-    }
-
-    fn enqueued(&self, priority: usize) -> &AtomicU64 {
-        self.slot(priority, 3)
-    }
-
-    fn mark(&self, priority: usize) {
-        self.bits(priority / 64)
-            .fetch_or(1 << (priority % 64), Ordering::SeqCst);
-    }
-
-    fn unmark(&self, priority: usize) {
-        self.bits(priority / 64)
-            .fetch_and(!(1 << (priority % 64)), Ordering::SeqCst);
-    }
-
-    /// Marked priorities, highest first.
-    fn marked(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..WORDS).rev().flat_map(move |w| {
-            let mut bits = self.bits(w).load(Ordering::SeqCst);
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = 63 - bits.leading_zeros() as usize;
-                bits &= !(1 << bit);
-                Some(w * 64 + bit)
-            })
-        })
-    }
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mapped in `Index::map`.
-        unsafe {
-            libc::munmap(self.ptr.cast(), INDEX_LEN);
-        }
-    }
-}
+const MAX_MESSAGE: usize = u32::MAX as usize - 64;
 
 /// A message read from the queue: its bytes, priority and earlier deliveries (0 unless it
 /// was put back by reliable delivery's recovery).
@@ -203,59 +58,82 @@ pub struct Dequeued {
     pub deliveries: u32,
 }
 
-/// What the reader found at a priority's head.
-enum Found {
-    /// The message, its earlier deliveries and the position after its record.
-    Message(Vec<u8>, u32, u64),
-    /// The segment is finished (end record, or missing or corrupt): go on with the next one.
-    NextSegment,
+/// One message as a queue record.
+pub fn encode_message(data: &[u8], deliveries: u32, out: &mut Vec<u8>) {
+    if deliveries == 0 {
+        frame::encode(SEGMENT_MAGIC, KIND_MESSAGE, &[data], out);
+    } else {
+        let count = deliveries.to_le_bytes();
+        frame::encode(SEGMENT_MAGIC, KIND_REDELIVERED, &[&count, data], out);
+    }
 }
 
-/// Open segment files of this process: the one being read and the one being written, per
-/// priority. Replaced as the head and tail move on, so deleted segments are not held open.
+/// The message in a record's body and its earlier deliveries; None for other kinds.
+fn message(kind: u8, mut body: Vec<u8>) -> Option<(Vec<u8>, u32)> {
+    match kind {
+        KIND_MESSAGE => Some((body, 0)),
+        KIND_REDELIVERED if body.len() >= COUNT => {
+            let count = u32::from_le_bytes(body[..COUNT].try_into().expect("4 bytes"));
+            body.drain(..COUNT);
+            Some((body, count))
+        }
+        _ => None,
+    }
+}
+
+/// What the reader found at a priority's head.
+enum Step {
+    Message(frame::Record),
+    /// Move the head here (past damage, or on to the next segment) and look again.
+    MoveTo(u64, Option<Damage>),
+}
+
+/// Open segment files of this process, per (priority, writing).
 #[derive(Default)]
 struct Segments {
     open: HashMap<(usize, bool), (u64, File)>,
 }
 
+struct State {
+    index: Option<Index>,
+    segments: Segments,
+}
+
 pub struct Queue {
     dir: PathBuf,
     lock: DirLock,
-    index: Index,
-    segments: Mutex<Segments>,
+    state: Mutex<State>,
     fsync: bool,
+    report: Report,
+}
+
+/// The queue locked by this thread and process, with a valid index.
+struct Locked<'a> {
+    _guard: DirLockGuard<'a>,
+    state: MutexGuard<'a, State>,
+}
+
+impl Locked<'_> {
+    fn index(&self) -> &Index {
+        self.state.index.as_ref().expect("validated when locked")
+    }
 }
 
 impl Queue {
-    pub fn open(dir: PathBuf, use_flock: bool, fsync: bool) -> Result<Queue> {
+    pub fn open(dir: PathBuf, fsync: bool, use_flock: bool, report: Report) -> Result<Queue> {
         fs::create_dir_all(&dir).on(&dir)?;
-        let index_path = dir.join("index");
-        let lock = DirLock::new(index_path.clone(), use_flock);
-        let guard = lock.acquire()?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&index_path)
-            .on(&index_path)?;
-        if (file.metadata().on(&index_path)?.len() as usize) < INDEX_LEN {
-            file.set_len(INDEX_LEN as u64).on(&index_path)?;
-        }
-        let index = Index::map(&file, &index_path)?;
-        match index.magic().load(Ordering::SeqCst) {
-            0 => index.magic().store(MAGIC, Ordering::SeqCst),
-            MAGIC => {}
-            _ => return Err(FileError::BadIndex(index_path)),
-        }
-        drop(guard);
-        Ok(Queue {
+        let queue = Queue {
+            lock: DirLock::new(dir.join("lock"), use_flock),
             dir,
-            lock,
-            index,
-            segments: Mutex::default(),
+            state: Mutex::new(State {
+                index: None,
+                segments: Segments::default(),
+            }),
             fsync,
-        })
+            report,
+        };
+        drop(queue.locked()?);
+        Ok(queue)
     }
 
     pub fn dir(&self) -> &Path {
@@ -270,8 +148,44 @@ impl Queue {
         }
     }
 
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index")
+    }
+
     fn segment_path(&self, priority: usize, segment: u64) -> PathBuf {
         self.dir.join(format!("{priority:04x}-{segment:08x}.seg"))
+    }
+
+    /// Lock the queue and make sure the mapped index is whole and current, rebuilding it from
+    /// the segments when it is missing, zeroed, truncated or replaced; then finish a legacy
+    /// import that a killed process left half applied.
+    fn locked(&self) -> Result<Locked<'_>> {
+        let guard = self.lock.acquire()?;
+        let mut state = self.state.lock();
+        if !state.index.as_ref().is_some_and(Index::still_valid) {
+            state.index = None;
+            state.segments.open.clear();
+            let path = self.index_path();
+            let index = match Index::open(&path)? {
+                Some(index) => index,
+                None => {
+                    Index::create(&path, &self.dir.join("index.new"), self.fsync)?;
+                    Index::open(&path)?.ok_or_else(|| FileError::BadIndex(path.clone()))?
+                }
+            };
+            state.index = Some(index);
+        }
+        let mut locked = Locked {
+            _guard: guard,
+            state,
+        };
+        if locked.index().magic().load(Ordering::SeqCst) != MAGIC {
+            self.rebuild(&mut locked)?;
+        }
+        if locked.index().importing().load(Ordering::SeqCst) != 0 {
+            self.finish_import(&mut locked.state)?;
+        }
+        Ok(locked)
     }
 
     /// The open file of `segment`, creating it when writing. None: it does not exist.
@@ -283,15 +197,17 @@ impl Queue {
         write: bool,
     ) -> Result<Option<&'a File>> {
         let key = (priority, write);
-        if segments
-            .open
-            .get(&key)
-            .is_none_or(|(number, _)| *number != segment)
-        {
+        // A segment deleted under a writer must not swallow what it writes next: the writer
+        // notices (one fstat) and writes to a new file under the segment's name.
+        let stale = |(number, file): &(u64, File)| {
+            *number != segment || (write && file.metadata().is_ok_and(|m| m.nlink() == 0))
+        };
+        if segments.open.get(&key).is_none_or(stale) {
             let path = self.segment_path(priority, segment);
+            // Readers write too: the consumed mark after each dequeue.
             let opened = OpenOptions::new()
                 .read(true)
-                .write(write)
+                .write(true)
                 .create(write)
                 .truncate(false)
                 .open(&path);
@@ -315,98 +231,111 @@ impl Queue {
     /// Enqueue a message that was delivered `deliveries` times before (0: never).
     pub fn enqueue_delivered(&self, data: &[u8], priority: i64, deliveries: u32) -> Result<()> {
         let priority = Self::check_priority(priority)?;
-        if data.len() > MAX_MESSAGE - COUNT {
+        if data.len() > MAX_MESSAGE {
             return Err(FileError::TooLarge(data.len()));
         }
-        let mut record = Vec::with_capacity(HEADER + COUNT + data.len());
-        if deliveries == 0 {
-            record.extend_from_slice(&header(data.len() as u32));
-        } else {
-            let len = (COUNT + data.len()) as u32;
-            record.extend_from_slice(&header_marked(len, CHECK_REDELIVERED));
-            record.extend_from_slice(&deliveries.to_le_bytes());
-        }
-        record.extend_from_slice(data);
-        let record_len = record.len() as u64;
+        let mut record = Vec::with_capacity(frame::HEADER + COUNT + data.len() + 8);
+        encode_message(data, deliveries, &mut record);
+        let mut locked = self.locked()?;
+        self.append(&mut locked.state, priority, &record, 1)
+    }
 
-        let _guard = self.lock.acquire()?;
-        let mut segments = self.segments.lock();
-        self.index.mark(priority);
-        let (mut segment, mut offset) = split(self.index.tail(priority).load(Ordering::SeqCst));
-        if offset > 0 && offset + record_len > SEGMENT_BYTES {
-            let file = self
-                .segment(&mut segments, priority, segment, true)?
-                .expect("created");
-            let path = || self.segment_path(priority, segment);
-            file.write_all_at(&header(END_OF_SEGMENT), offset)
-                .on(&path())?;
+    /// Write `records` (holding `count` messages) at `priority`'s tail and move the tail past
+    /// them: the commit point is that one store.
+    fn append(&self, state: &mut State, priority: usize, records: &[u8], count: u64) -> Result<()> {
+        let State { index, segments } = state;
+        let index = index.as_ref().expect("validated when locked");
+        let (mut segment, mut offset) = split(index.tail(priority).load(Ordering::SeqCst));
+        let len = records.len() as u64;
+        if offset > 0 && offset + len > SEGMENT_BYTES {
+            let mut end = Vec::new();
+            frame::encode(SEGMENT_MAGIC, KIND_END, &[], &mut end);
+            let file = self.segment(segments, priority, segment, true)?;
+            let file = file.expect("created");
+            file.write_all_at(&end, offset)
+                .on(&self.segment_path(priority, segment))?;
             (segment, offset) = (segment + 1, 0);
         }
-        let file = self
-            .segment(&mut segments, priority, segment, true)?
-            .expect("created");
+        if offset + len > u32::MAX as u64 {
+            return Err(FileError::TooLarge(records.len()));
+        }
         let path = self.segment_path(priority, segment);
-        file.write_all_at(&record, offset).on(&path)?;
+        let file = self.segment(segments, priority, segment, true)?;
+        let file = file.expect("created");
+        file.write_all_at(records, offset).on(&path)?;
         if self.fsync {
             file.sync_data().on(&path)?;
         }
-        // The commit point: one store makes the whole record visible.
-        self.index
+        index.mark(priority);
+        index
             .tail(priority)
-            .store(position(segment, offset + record_len), Ordering::SeqCst);
-        self.index.enqueued(priority).fetch_add(1, Ordering::SeqCst);
+            .store(position(segment, offset + len), Ordering::SeqCst);
+        index.enqueued(priority).fetch_add(count, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Read the record at `head` of `priority` (which is before its tail).
-    fn read_at(&self, segments: &mut Segments, priority: usize, head: u64) -> Result<Found> {
-        let (segment, offset) = split(head);
+    /// What lies at `head` of `priority`: a message, or where to move the head instead.
+    fn step(&self, segments: &mut Segments, index: &Index, priority: usize) -> Result<Step> {
+        let head = index.head(priority).load(Ordering::SeqCst);
+        let tail = index.tail(priority).load(Ordering::SeqCst);
+        let ((segment, offset), (tail_segment, tail_offset)) = (split(head), split(tail));
+        let path = self.segment_path(priority, segment);
         let Some(file) = self.segment(segments, priority, segment, false)? else {
-            return Ok(Found::NextSegment);
+            let damage = |end| Damage {
+                path: path.clone(),
+                span: offset..end,
+                bytes: Vec::new(),
+                what: "missing queue segment",
+            };
+            return Ok(if segment < tail_segment {
+                Step::MoveTo(position(segment + 1, 0), Some(damage(u64::MAX)))
+            } else {
+                Step::MoveTo(tail, Some(damage(tail_offset)))
+            });
         };
-        let path = || self.segment_path(priority, segment);
-        let mut buf = vec![0u8; HEADER + READ_AHEAD];
-        let n = read_full_at(file, &mut buf, offset).on(&path())?;
-        let (len, counted) = match parse_header(&buf[..n]) {
-            Some((END_OF_SEGMENT, false)) | None => return Ok(Found::NextSegment),
-            Some((len, counted)) => (len as usize, counted),
-        };
-        buf.truncate(n.min(HEADER + len));
-        if buf.len() < HEADER + len {
-            buf.resize(HEADER + len, 0);
-            let got = read_full_at(file, &mut buf[n..], offset + n as u64).on(&path())?;
-            if n + got < HEADER + len {
-                return Ok(Found::NextSegment);
-            }
-        }
-        let mut deliveries = 0;
-        if counted {
-            deliveries = u32::from_le_bytes(buf[HEADER..HEADER + COUNT].try_into().expect("4"));
-            buf.drain(..HEADER + COUNT);
+        let end = if segment < tail_segment {
+            file.metadata().on(&path)?.len()
         } else {
-            buf.drain(..HEADER);
+            tail_offset
+        };
+        match frame::scan(file, SEGMENT_MAGIC, offset, end).on(&path)? {
+            Found::Record(record) if record.kind == KIND_END && segment < tail_segment => {
+                Ok(Step::MoveTo(position(segment + 1, 0), None))
+            }
+            Found::Record(record) if record.kind == KIND_END => Ok(Step::MoveTo(
+                position(segment, record.next),
+                Some(Damage {
+                    path,
+                    span: record.at..record.next,
+                    bytes: Vec::new(),
+                    what: "end-of-segment record before the tail",
+                }),
+            )),
+            Found::Record(record) => Ok(Step::Message(record)),
+            Found::Damaged { span, mut bytes } => {
+                let what = if bytes.iter().all(|b| *b == 0) {
+                    bytes.clear(); // nothing worth keeping: a hole where records were lost
+                    "lost (zeroed or cut off) queue records"
+                } else if bytes.len() as u64 == span.end - span.start {
+                    "damaged queue record"
+                } else {
+                    "truncated queue segment"
+                };
+                let next = position(segment, span.end);
+                let damage = Damage {
+                    path,
+                    span,
+                    bytes,
+                    what,
+                };
+                Ok(Step::MoveTo(next, Some(damage)))
+            }
+            // A segment before the tail's that ends without its end record.
+            Found::End if segment < tail_segment => {
+                Ok(Step::MoveTo(position(segment + 1, 0), None))
+            }
+            Found::End => Ok(Step::MoveTo(tail, None)),
         }
-        Ok(Found::Message(
-            buf,
-            deliveries,
-            position(segment, offset + (HEADER + len) as u64),
-        ))
-    }
-
-    /// Move `priority`'s head to the next segment, deleting the finished one.
-    fn next_segment(&self, segments: &mut Segments, priority: usize, head: u64) -> Result<()> {
-        let (segment, _) = split(head);
-        let tail = self.index.tail(priority).load(Ordering::SeqCst);
-        if split(tail).0 <= segment {
-            // Only a corrupt segment ends before the tail's: drop what is left of it.
-            self.index.head(priority).store(tail, Ordering::SeqCst);
-            return Ok(());
-        }
-        segments.open.remove(&(priority, false));
-        self.index
-            .head(priority)
-            .store(position(segment + 1, 0), Ordering::SeqCst);
-        sys::remove_if_exists(&self.segment_path(priority, segment)).map(drop)
     }
 
     pub fn dequeue(&self) -> Result<Option<Vec<u8>>> {
@@ -417,43 +346,67 @@ impl Queue {
     /// only once `keep` returned Ok, under the queue lock, so a process killed inside `keep`
     /// leaves the message queued. An error from `keep` leaves it queued too.
     pub fn dequeue_with<T>(&self, keep: impl FnOnce(Dequeued) -> Result<T>) -> Result<Option<T>> {
-        let _guard = self.lock.acquire()?;
-        let mut segments = self.segments.lock();
-        while let Some(priority) = self.index.marked().next() {
-            let head = self.index.head(priority).load(Ordering::SeqCst);
-            if head >= self.index.tail(priority).load(Ordering::SeqCst) {
-                self.index.unmark(priority);
-                let enqueued = self.index.enqueued(priority).load(Ordering::SeqCst);
-                self.index
-                    .dequeued(priority)
-                    .store(enqueued, Ordering::SeqCst);
+        let mut locked = self.locked()?;
+        let State { index, segments } = &mut *locked.state;
+        let index = index.as_ref().expect("validated when locked");
+        while let Some(priority) = index.marked().next() {
+            let head = index.head(priority).load(Ordering::SeqCst);
+            if head >= index.tail(priority).load(Ordering::SeqCst) {
+                index.unmark(priority);
+                let enqueued = index.enqueued(priority).load(Ordering::SeqCst);
+                index.dequeued(priority).store(enqueued, Ordering::SeqCst);
                 continue;
             }
-            match self.read_at(&mut segments, priority, head)? {
-                Found::Message(data, deliveries, next) => {
+            match self.step(segments, index, priority)? {
+                Step::Message(record) => {
+                    let Some((data, deliveries)) = message(record.kind, record.body) else {
+                        // A good record of a kind this version does not know: step over it.
+                        let (segment, _) = split(head);
+                        let next = position(segment, record.next);
+                        index.head(priority).store(next, Ordering::SeqCst);
+                        continue;
+                    };
                     let kept = keep(Dequeued {
                         data,
                         priority,
                         deliveries,
                     })?;
-                    self.index.head(priority).store(next, Ordering::SeqCst);
-                    self.index.dequeued(priority).fetch_add(1, Ordering::SeqCst);
+                    let (segment, _) = split(head);
+                    let next = position(segment, record.next);
+                    index.head(priority).store(next, Ordering::SeqCst);
+                    index.dequeued(priority).fetch_add(1, Ordering::SeqCst);
+                    // A hint for an index rebuilt from the segments; losing it costs nothing
+                    // but a redelivery after the index itself is lost.
+                    if let Some(file) = self.segment(segments, priority, segment, false)? {
+                        let _ = file.write_all_at(&[CONSUMED], record.at + 9);
+                    }
                     return Ok(Some(kept));
                 }
-                Found::NextSegment => self.next_segment(&mut segments, priority, head)?,
+                Step::MoveTo(next, damage) => {
+                    if let Some(damage) = damage {
+                        (self.report)(damage)?;
+                        index.dequeued(priority).fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (segment, _) = split(head);
+                    if split(next).0 > segment {
+                        segments.open.remove(&(priority, false));
+                        sys::remove_if_exists(&self.segment_path(priority, segment))?;
+                    }
+                    index.head(priority).store(next, Ordering::SeqCst);
+                }
             }
         }
         Ok(None)
     }
 
     pub fn size(&self) -> Result<usize> {
-        let _guard = self.lock.acquire()?;
-        Ok(self
-            .index
+        let locked = self.locked()?;
+        let index = locked.index();
+        Ok(index
             .marked()
             .map(|p| {
-                let dequeued = self.index.dequeued(p).load(Ordering::SeqCst);
-                self.index
+                let dequeued = index.dequeued(p).load(Ordering::SeqCst);
+                index
                     .enqueued(p)
                     .load(Ordering::SeqCst)
                     .saturating_sub(dequeued) as usize
@@ -461,144 +414,157 @@ impl Queue {
             .sum())
     }
 
-    /// Messages in dequeue order, without removing them.
+    /// Messages in dequeue order, without removing them (damaged records are skipped here and
+    /// reported by the dequeue that reaches them).
     pub fn items(&self, limit: Option<usize>) -> Result<Vec<Vec<u8>>> {
         let limit = limit.unwrap_or(usize::MAX);
-        let _guard = self.lock.acquire()?;
+        let locked = self.locked()?;
+        let index = locked.index();
         // A private cache, so the shared one keeps pointing at the head segments.
         let mut segments = Segments::default();
         let mut items = Vec::new();
-        for priority in self.index.marked() {
-            let mut at = self.index.head(priority).load(Ordering::SeqCst);
-            let tail = self.index.tail(priority).load(Ordering::SeqCst);
+        for priority in index.marked() {
+            let mut at = index.head(priority).load(Ordering::SeqCst);
+            let tail = index.tail(priority).load(Ordering::SeqCst);
+            let tail_segment = split(tail).0;
             while at < tail && items.len() < limit {
-                match self.read_at(&mut segments, priority, at)? {
-                    Found::Message(data, _, next) => {
-                        items.push(data);
-                        at = next;
+                let (segment, offset) = split(at);
+                let Some(file) = self.segment(&mut segments, priority, segment, false)? else {
+                    at = position(segment + 1, 0).min(tail);
+                    continue;
+                };
+                let path = self.segment_path(priority, segment);
+                let end = if segment < tail_segment {
+                    file.metadata().on(&path)?.len()
+                } else {
+                    split(tail).1
+                };
+                at = match frame::scan(file, SEGMENT_MAGIC, offset, end).on(&path)? {
+                    Found::Record(record) if record.kind == KIND_END => position(segment + 1, 0),
+                    Found::Record(record) => {
+                        items.extend(message(record.kind, record.body).map(|(data, _)| data));
+                        position(segment, record.next)
                     }
-                    Found::NextSegment => at = position(split(at).0 + 1, 0),
-                }
+                    Found::Damaged { span, .. } => position(segment, span.end),
+                    Found::End => position(segment + 1, 0).min(tail),
+                };
             }
         }
         Ok(items)
     }
 
     pub fn flush(&self) -> Result<()> {
-        let _guard = self.lock.acquire()?;
-        let mut segments = self.segments.lock();
+        let mut locked = self.locked()?;
+        let State { index, segments } = &mut *locked.state;
+        let index = index.as_ref().expect("validated when locked");
         segments.open.clear();
-        let marked: Vec<usize> = self.index.marked().collect();
+        let marked: Vec<usize> = index.marked().collect();
         for priority in marked {
             // Fresh segment numbers: descriptors other processes cache stay on the old ones.
-            let (segment, _) = split(self.index.tail(priority).load(Ordering::SeqCst));
+            let (segment, _) = split(index.tail(priority).load(Ordering::SeqCst));
             let start = position(segment + 1, 0);
-            self.index.tail(priority).store(start, Ordering::SeqCst);
-            self.index.head(priority).store(start, Ordering::SeqCst);
-            let enqueued = self.index.enqueued(priority).load(Ordering::SeqCst);
-            self.index
-                .dequeued(priority)
-                .store(enqueued, Ordering::SeqCst);
-            self.index.unmark(priority);
+            index.tail(priority).store(start, Ordering::SeqCst);
+            index.head(priority).store(start, Ordering::SeqCst);
+            let enqueued = index.enqueued(priority).load(Ordering::SeqCst);
+            index.dequeued(priority).store(enqueued, Ordering::SeqCst);
+            index.unmark(priority);
         }
-        sys::remove_files(&self.dir, &|name| name == "index")
+        sys::remove_files(&self.dir, &|name| parse_segment_name(name).is_none())
+    }
+
+    /// Rebuild the index from the segment files: each priority's head is its first record
+    /// not marked consumed (or the first damage, so the dequeue that reaches it reports it),
+    /// its tail the end of its last good record.
+    fn rebuild(&self, locked: &mut Locked<'_>) -> Result<()> {
+        let State { index, segments } = &mut *locked.state;
+        let index = index.as_ref().expect("validated when locked");
+        segments.open.clear();
+        index.clear();
+        let mut by_priority: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).on(&self.dir)? {
+            let name = entry.on(&self.dir)?.file_name();
+            if let Some((priority, segment)) = name.to_str().and_then(parse_segment_name) {
+                by_priority.entry(priority).or_default().push(segment);
+            }
+        }
+        let mut found = 0u64;
+        for (&priority, numbers) in by_priority.iter_mut() {
+            numbers.sort_unstable();
+            let mut head = None;
+            let mut tail = position(numbers[0], 0);
+            let mut live = 0u64;
+            for &segment in numbers.iter() {
+                let path = self.segment_path(priority, segment);
+                let file = match File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e).on(&path),
+                };
+                let len = file.metadata().on(&path)?.len();
+                let mut at = 0;
+                loop {
+                    match frame::scan(&file, SEGMENT_MAGIC, at, len).on(&path)? {
+                        Found::Record(record) if record.kind == KIND_END => {
+                            tail = position(segment + 1, 0);
+                            break;
+                        }
+                        Found::Record(record) => {
+                            if head.is_none() && record.mark != CONSUMED {
+                                head = Some(position(segment, at));
+                            }
+                            live += u64::from(head.is_some());
+                            at = record.next;
+                            tail = position(segment, at);
+                        }
+                        Found::Damaged { span, .. } => {
+                            head = head.or(Some(position(segment, span.start)));
+                            at = span.end;
+                        }
+                        Found::End => break,
+                    }
+                }
+            }
+            let head = head.unwrap_or(tail).min(tail);
+            index.head(priority).store(head, Ordering::SeqCst);
+            index.tail(priority).store(tail, Ordering::SeqCst);
+            index.enqueued(priority).store(live, Ordering::SeqCst);
+            if head < tail {
+                index.mark(priority);
+            }
+            found += live;
+        }
+        let pending_import = self.dir.join(IMPORT_PLAN).exists();
+        index
+            .importing()
+            .store(u64::from(pending_import), Ordering::SeqCst);
+        index.magic().store(MAGIC, Ordering::SeqCst);
+        if !by_priority.is_empty() {
+            (self.report)(Damage {
+                path: self.index_path(),
+                span: 0..0,
+                bytes: Vec::new(),
+                what: if found == 1 {
+                    "queue index rebuilt from the segments (1 message)"
+                } else {
+                    "queue index rebuilt from the segments"
+                },
+            })?;
+        }
+        Ok(())
     }
 }
 
-/// `pread` until `buf` is full or the file ends; the number of bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
+    let stem = name.strip_suffix(".seg")?;
+    let (priority, segment) = stem.split_once('-')?;
+    if priority.len() != 4 || segment.len() != 8 {
+        return None;
     }
-    Ok(done)
+    Some((
+        usize::from_str_radix(priority, 16).ok()?,
+        u64::from_str_radix(segment, 16).ok()?,
+    ))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_queue(name: &str) -> (PathBuf, Queue) {
-        let dir = std::env::temp_dir().join(format!("huey-rs-queue-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let queue = Queue::open(dir.clone(), true, false).unwrap();
-        (dir, queue)
-    }
-
-    #[test]
-    fn headers_reject_garbage() {
-        assert_eq!(parse_header(&header(5)), Some((5, false)));
-        assert_eq!(
-            parse_header(&header_marked(9, CHECK_REDELIVERED)),
-            Some((9, true))
-        );
-        assert_eq!(parse_header(&header_marked(3, CHECK_REDELIVERED)), None);
-        assert_eq!(parse_header(&[0u8; 8]), None);
-        assert_eq!(parse_header(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn segments_roll_over_and_drained_ones_are_deleted() {
-        let (dir, queue) = temp_queue("roll");
-        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
-        for i in 0..7u8 {
-            let mut data = big.clone();
-            data[0] = i;
-            queue.enqueue(&data, 1).unwrap();
-        }
-        queue.enqueue(b"small", 0).unwrap();
-        assert_eq!(queue.size().unwrap(), 8);
-        let segs = |dir: &Path| fs::read_dir(dir).unwrap().count() - 1;
-        assert_eq!(segs(&dir), 5); // two records a segment: four for priority 1, one for 0
-        assert_eq!(queue.items(Some(2)).unwrap().len(), 2);
-        for i in 0..7u8 {
-            assert_eq!(queue.dequeue().unwrap().unwrap()[0], i);
-        }
-        assert_eq!(queue.dequeue().unwrap().unwrap(), b"small");
-        assert_eq!(queue.dequeue().unwrap(), None);
-        assert_eq!(segs(&dir), 2); // the current tail segments
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn redelivered_records_carry_their_count_and_plain_readers_skip_it() {
-        let (dir, queue) = temp_queue("count");
-        queue.enqueue_delivered(b"again", 3, 2).unwrap();
-        queue.enqueue(b"first", 3).unwrap();
-        assert_eq!(
-            queue.items(None).unwrap(),
-            vec![b"again".to_vec(), b"first".to_vec()]
-        );
-        let got = queue
-            .dequeue_with(|m| Ok((m.data, m.priority, m.deliveries)))
-            .unwrap();
-        assert_eq!(got, Some((b"again".to_vec(), 3, 2)));
-        // A failing `keep` leaves the message queued.
-        let failed = queue.dequeue_with(|_| -> Result<()> { Err(FileError::Levels(-1)) });
-        assert!(failed.is_err());
-        assert_eq!(queue.size().unwrap(), 1);
-        assert_eq!(queue.dequeue().unwrap().unwrap(), b"first");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_torn_record_past_the_tail_is_overwritten() {
-        let (dir, queue) = temp_queue("torn");
-        queue.enqueue(b"one", 0).unwrap();
-        // What a writer killed mid-record leaves: bytes past the tail.
-        let seg = queue.segment_path(0, 0);
-        let file = OpenOptions::new().write(true).open(&seg).unwrap();
-        file.write_all_at(&header(1000), 11).unwrap();
-        assert_eq!(queue.items(None).unwrap(), vec![b"one".to_vec()]);
-        queue.enqueue(b"two", 0).unwrap();
-        assert_eq!(queue.dequeue().unwrap().unwrap(), b"one");
-        assert_eq!(queue.dequeue().unwrap().unwrap(), b"two");
-        assert_eq!(queue.dequeue().unwrap(), None);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -5,12 +5,14 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, MutexGuard};
+
+/// The highest message priority (huey's `FileStorage.MAX_PRIORITY`).
+pub const MAX_PRIORITY: i64 = 0xffff;
 
 /// Everything that can go wrong in FileStorage; `errors.rs` maps it to Python exceptions.
 #[derive(Debug)]
@@ -25,6 +27,11 @@ pub enum FileError {
     NotADirectory(PathBuf),
     BadIndex(PathBuf),
     TooLarge(usize),
+    /// A file whose content is not what we wrote there (a result, a counter).
+    Damaged {
+        path: PathBuf,
+        what: String,
+    },
 }
 
 impl fmt::Display for FileError {
@@ -35,11 +42,7 @@ impl fmt::Display for FileError {
                 write!(f, "priority must be a positive number, got {p}")
             }
             FileError::Priority(p) => {
-                write!(
-                    f,
-                    "priority must be <= {}, got {p}",
-                    super::queue::MAX_PRIORITY
-                )
+                write!(f, "priority must be <= {MAX_PRIORITY}, got {p}")
             }
             FileError::Levels(n) => write!(f, "levels must be between 0 and 4, got {n}"),
             FileError::NotADirectory(p) => write!(f, "path \"{}\" is not a directory", p.display()),
@@ -49,6 +52,7 @@ impl fmt::Display for FileError {
                     "message of {n} bytes is too large for FileStorage (max 4 GiB)"
                 )
             }
+            FileError::Damaged { path, what } => write!(f, "{}: {what}", path.display()),
             FileError::BadIndex(p) => {
                 write!(
                     f,
@@ -76,23 +80,9 @@ impl<T> Context<T> for io::Result<T> {
     }
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// `flock(2)` on `file`, retried when a signal interrupts the wait.
 pub fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-        match cvt(unsafe { libc::flock(file.as_raw_fd(), operation) }) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
+    crate::ffi::flock(file, operation)
 }
 
 /// Mutual exclusion between threads (a mutex) and between processes (`flock` on a file).
@@ -223,9 +213,7 @@ impl TmpDir {
             else {
                 continue;
             };
-            // SAFETY: kill with signal 0 only checks whether the process exists.
-            let dead = unsafe { libc::kill(pid, 0) } < 0
-                && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            let dead = crate::ffi::process_is_gone(pid);
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -283,130 +271,13 @@ pub fn remove_files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
     Ok(())
 }
 
+pub use crate::ffi::local_utc_offset;
+
 /// Inode number of `path`, or None when it does not exist.
 pub fn inode(path: &Path) -> Result<Option<u64>> {
     match fs::metadata(path) {
         Ok(m) => Ok(Some(m.ino())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).on(path),
-    }
-}
-
-/// Wakes a waiter when a file appears or is written in a directory: inotify on Linux, nothing
-/// elsewhere (callers then poll). The watch is added before the caller's last check, so an
-/// arrival between that check and the wait is never missed.
-pub struct Watcher {
-    #[cfg(target_os = "linux")]
-    fd: libc::c_int,
-}
-
-impl Watcher {
-    #[cfg(target_os = "linux")]
-    fn new() -> Option<Watcher> {
-        // SAFETY: creates a descriptor that the returned Watcher owns.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        (fd >= 0).then_some(Watcher { fd })
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn new() -> Option<Watcher> {
-        None
-    }
-
-    #[cfg(target_os = "linux")]
-    fn add(&self, dir: &Path) -> Option<libc::c_int> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let cpath = CString::new(dir.as_os_str().as_bytes()).ok()?;
-        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MODIFY;
-        // SAFETY: a valid descriptor and a NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd, cpath.as_ptr(), mask) };
-        (wd >= 0).then_some(wd)
-    }
-
-    #[cfg(target_os = "linux")]
-    fn remove(&self, wd: libc::c_int) {
-        // SAFETY: removes a watch this descriptor added; the IN_IGNORED event it queues is
-        // drained before the watcher is used again.
-        unsafe {
-            libc::inotify_rm_watch(self.fd, wd);
-        }
-        self.drain();
-    }
-
-    #[cfg(target_os = "linux")]
-    fn drain(&self) {
-        let mut buf = [0u8; 4096];
-        // SAFETY: reads into a local buffer of the given length from a non-blocking descriptor.
-        while unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-    }
-
-    /// Wait until something happens in the watched directory or `timeout` passes.
-    #[cfg(target_os = "linux")]
-    pub fn wait(&self, timeout: Duration) {
-        let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, millis) } > 0 {
-            self.drain();
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn wait(&self, timeout: Duration) {
-        std::thread::sleep(timeout);
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this watcher and closed exactly once.
-        unsafe {
-            libc::close(self.fd);
-        }
-    }
-}
-
-/// Idle inotify instances, reused because closing one waits for the kernel to retire its
-/// marks (an RCU grace period, milliseconds), which would delay every woken waiter.
-#[derive(Default)]
-pub struct Watchers {
-    idle: Mutex<(u32, Vec<Watcher>)>,
-}
-
-impl Watchers {
-    /// Run `wait_loop` with a watcher on `dir` (None when inotify is unavailable).
-    pub fn watching<R>(&self, dir: &Path, wait_loop: impl FnOnce(Option<&Watcher>) -> R) -> R {
-        let pid = std::process::id();
-        let watcher = {
-            let mut idle = self.idle.lock();
-            if idle.0 != pid {
-                // Inherited across fork: sharing them with the parent would steal its events.
-                idle.1.clear();
-                idle.0 = pid;
-            }
-            idle.1.pop().or_else(Watcher::new)
-        };
-        #[cfg(target_os = "linux")]
-        let wd = watcher.as_ref().and_then(|w| w.add(dir));
-        #[cfg(not(target_os = "linux"))]
-        let wd: Option<()> = {
-            let _ = dir;
-            None
-        };
-        let result = wait_loop(if wd.is_some() { watcher.as_ref() } else { None });
-        if let Some(watcher) = watcher {
-            #[cfg(target_os = "linux")]
-            if let Some(wd) = wd {
-                watcher.remove(wd);
-            }
-            self.idle.lock().1.push(watcher);
-        }
-        result
     }
 }

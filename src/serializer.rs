@@ -1,18 +1,24 @@
 //! Serializer framing: what `huey.serializer` does to the pickled bytes.
 //!
 //! Encoding signs (`payload + b":" + hex(HMAC-SHA1(SHA1(salt + secret), payload))`, as huey
-//! 3.5.4 does) and then compresses (gzip, or zlib with `use_zlib`); decoding undoes both in the
-//! reverse order and verifies the signature in constant time, before Python unpickles anything.
+//! 3.5.4 does) and then compresses (gzip, or zlib with `use_zlib`; see `compression`);
+//! decoding undoes both in the reverse order, inflating no more than the serializer's
+//! `max_decompressed_size`, and verifies the signature in constant time, before Python
+//! unpickles anything.
 
 use std::fmt;
-use std::io;
 
 use hmac::{Hmac, Mac};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sha1::{Digest, Sha1};
 
-use crate::zlib::{self, Format};
+mod compression;
+
+pub use compression::{CompressionError, Format};
+
+use crate::wait;
 
 type HmacSha1 = Hmac<Sha1>;
 
@@ -21,12 +27,21 @@ const SIGNATURE_LEN: usize = 40;
 /// Payloads above this size are framed with the GIL released.
 const DETACH_THRESHOLD: usize = 16 * 1024;
 
-#[derive(Debug)]
+/// The default `max_decompressed_size`: far above any real task message.
+pub const DEFAULT_MAX_DECOMPRESSED_SIZE: usize = 64 << 20;
+const _: () = assert!(DEFAULT_MAX_DECOMPRESSED_SIZE == 67_108_864);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FramingError {
     MissingSeparator,
     BadSignature,
-    Corrupt(String),
-    Io(io::Error),
+    Compression(CompressionError),
+}
+
+impl From<CompressionError> for FramingError {
+    fn from(err: CompressionError) -> Self {
+        FramingError::Compression(err)
+    }
 }
 
 impl fmt::Display for FramingError {
@@ -36,8 +51,17 @@ impl fmt::Display for FramingError {
                 f.write_str("signed message has no \":\" separator before its signature")
             }
             FramingError::BadSignature => f.write_str("message signature does not match"),
-            FramingError::Corrupt(why) => write!(f, "could not decompress message: {why}"),
-            FramingError::Io(e) => write!(f, "{e}"),
+            FramingError::Compression(CompressionError::Corrupt(why)) => {
+                write!(f, "could not decompress message: {why}")
+            }
+            FramingError::Compression(CompressionError::TooLarge { limit }) => write!(
+                f,
+                "compressed message inflates to more than {limit} bytes \
+                 (the serializer's max_decompressed_size); not decompressed"
+            ),
+            FramingError::Compression(CompressionError::Deflate(why)) => {
+                write!(f, "could not compress message: {why}")
+            }
         }
     }
 }
@@ -122,14 +146,6 @@ fn format(use_zlib: bool) -> Format {
     }
 }
 
-pub fn compress(data: &[u8], level: u32, use_zlib: bool) -> Result<Vec<u8>, FramingError> {
-    zlib::compress(data, level, format(use_zlib)).map_err(|e| FramingError::Io(io::Error::other(e)))
-}
-
-pub fn decompress(data: &[u8], use_zlib: bool) -> Result<Vec<u8>, FramingError> {
-    zlib::decompress(data, format(use_zlib)).map_err(FramingError::Corrupt)
-}
-
 /// The framing settings of one serializer; pure Rust so it can be tested without Python.
 #[derive(Clone)]
 pub struct Framing {
@@ -137,6 +153,8 @@ pub struct Framing {
     pub level: u32,
     pub use_zlib: bool,
     pub key: Option<[u8; 20]>,
+    /// The most bytes one message may inflate to.
+    pub max_decompressed_size: usize,
 }
 
 impl Framing {
@@ -150,7 +168,11 @@ impl Framing {
             None => payload,
         };
         if self.compression {
-            compress(data, self.level, self.use_zlib)
+            Ok(compression::compress(
+                data,
+                self.level,
+                format(self.use_zlib),
+            )?)
         } else {
             Ok(data.to_vec())
         }
@@ -160,7 +182,8 @@ impl Framing {
         // Uncompressed data is accepted even with compression on (huey logs and carries on).
         let inflated;
         let data = if self.compression && is_compressed(data) {
-            inflated = decompress(data, self.use_zlib)?;
+            let limit = self.max_decompressed_size;
+            inflated = compression::decompress(data, format(self.use_zlib), limit)?;
             &inflated[..]
         } else {
             data
@@ -172,7 +195,8 @@ impl Framing {
     }
 }
 
-/// `Framing(compression, level, use_zlib, key)`: one crossing per serialize or deserialize.
+/// `Framing(compression, level, use_zlib, key, max_decompressed_size)`: one crossing per
+/// serialize or deserialize.
 #[pyclass(frozen, module = "huey._native", name = "Framing")]
 pub struct PyFraming {
     inner: Framing,
@@ -183,7 +207,7 @@ where
     F: FnOnce() -> Result<Vec<u8>, FramingError> + Send,
 {
     if len > DETACH_THRESHOLD {
-        py.detach(work)
+        wait::detach(py, work)
     } else {
         work()
     }
@@ -192,30 +216,52 @@ where
 #[pymethods]
 impl PyFraming {
     #[new]
-    #[pyo3(signature = (compression=false, level=6, use_zlib=false, key=None))]
-    fn new(compression: bool, level: i64, use_zlib: bool, key: Option<&[u8]>) -> PyResult<Self> {
+    #[pyo3(signature = (
+        compression=false,
+        level=6,
+        use_zlib=false,
+        key=None,
+        max_decompressed_size=67_108_864, // DEFAULT_MAX_DECOMPRESSED_SIZE, as a literal
+    ))]
+    fn new(
+        compression: bool,
+        level: i64,
+        use_zlib: bool,
+        key: Option<&[u8]>,
+        max_decompressed_size: i64,
+    ) -> PyResult<Self> {
         let level = u32::try_from(level)
             .ok()
             .filter(|l| *l <= 9)
             .or((level == -1).then_some(6))
             .ok_or_else(|| {
-                pyo3::exceptions::PyValueError::new_err(format!(
+                PyValueError::new_err(format!(
                     "compression_level must be between 0 and 9 (or -1), got {level}"
                 ))
             })?;
         let key = match key {
             Some(k) => Some(
                 <[u8; 20]>::try_from(k)
-                    .map_err(|_| pyo3::exceptions::PyValueError::new_err("key must be 20 bytes"))?,
+                    .map_err(|_| PyValueError::new_err("key must be 20 bytes"))?,
             ),
             None => None,
         };
+        let max_decompressed_size = usize::try_from(max_decompressed_size)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "max_decompressed_size must be a positive number of bytes, got \
+                     {max_decompressed_size}"
+                ))
+            })?;
         Ok(PyFraming {
             inner: Framing {
                 compression,
                 level,
                 use_zlib,
                 key,
+                max_decompressed_size,
             },
         })
     }
@@ -237,21 +283,14 @@ impl PyFraming {
 }
 
 #[pyfunction]
-fn derive_signing_key<'py>(py: Python<'py>, secret: &[u8], salt: &[u8]) -> Bound<'py, PyBytes> {
+pub fn derive_signing_key<'py>(py: Python<'py>, secret: &[u8], salt: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &derive_key(secret, salt))
 }
 
 #[pyfunction]
 #[pyo3(name = "signature")]
-fn py_signature<'py>(py: Python<'py>, key: &[u8], message: &[u8]) -> Bound<'py, PyBytes> {
+pub fn py_signature<'py>(py: Python<'py>, key: &[u8], message: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &signature(key, message))
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyFraming>()?;
-    m.add_function(wrap_pyfunction!(derive_signing_key, m)?)?;
-    m.add_function(wrap_pyfunction!(py_signature, m)?)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -264,6 +303,7 @@ mod tests {
             level: 6,
             use_zlib,
             key: Some(derive_key(b"secret", b"huey")),
+            max_decompressed_size: DEFAULT_MAX_DECOMPRESSED_SIZE,
         }
     }
 
@@ -307,10 +347,16 @@ mod tests {
     }
 
     #[test]
-    fn truncated_compression_is_an_error() {
-        let data = compress(b"hello world hello world", 6, false).unwrap();
-        assert!(decompress(&data[..data.len() - 4], false).is_err());
-        let data = compress(b"hello world hello world", 6, true).unwrap();
-        assert!(decompress(&data[..data.len() / 2], true).is_err());
+    fn decode_refuses_messages_over_the_limit() {
+        let mut f = signed_framing(true, false);
+        let framed = f.encode(&vec![b'a'; 100_000]).unwrap();
+        assert_eq!(f.decode(&framed).unwrap().len(), 100_000);
+        f.max_decompressed_size = 50_000;
+        let err = f.decode(&framed).unwrap_err();
+        assert_eq!(
+            err,
+            FramingError::Compression(CompressionError::TooLarge { limit: 50_000 })
+        );
+        assert!(err.to_string().contains("max_decompressed_size"));
     }
 }
