@@ -8,16 +8,12 @@ from huey import MemoryHuey, signals
 from huey.exceptions import CancelExecution, RetryTask, TaskException
 from huey.utils import Error
 
+from conftest import run_next
+
 
 @pytest.fixture
 def huey():
     return MemoryHuey(utc=False)
-
-
-def run_next(huey, timestamp=None):
-    task = huey.dequeue()
-    assert task is not None, 'queue unexpectedly empty'
-    return huey.execute(task, timestamp=timestamp)
 
 
 def record_signals(huey):
@@ -113,10 +109,17 @@ def test_retry_task_exception(huey):
     assert run_next(huey, eta) == 'done' and r() == 'done'
 
 
-@pytest.mark.parametrize('retry, retries, expect_retry', [
-    (None, 0, False), (None, 2, True), (True, 0, True), (True, 2, True),
-    (False, 0, False), (False, 2, False),
-])
+@pytest.mark.parametrize(
+    'retry, retries, expect_retry',
+    [
+        (None, 0, False),
+        (None, 2, True),
+        (True, 0, True),
+        (True, 2, True),
+        (False, 0, False),
+        (False, 2, False),
+    ],
+)
 def test_cancel_execution_retry_table(huey, retry, retries, expect_retry):
     @huey.task(retries=retries)
     def cancels():
@@ -258,8 +261,13 @@ def test_every_signal_fires_with_the_documented_arguments(huey):
     later.revoke()
     huey.notify_interrupted_tasks()
     assert set(received) >= {
-        signals.SIGNAL_ENQUEUED, signals.SIGNAL_EXECUTING, signals.SIGNAL_COMPLETE,
-        signals.SIGNAL_ERROR, signals.SIGNAL_RETRYING, signals.SIGNAL_SCHEDULED}
+        signals.SIGNAL_ENQUEUED,
+        signals.SIGNAL_EXECUTING,
+        signals.SIGNAL_COMPLETE,
+        signals.SIGNAL_ERROR,
+        signals.SIGNAL_RETRYING,
+        signals.SIGNAL_SCHEDULED,
+    }
     assert all(isinstance(args[0], RuntimeError) for args in received[signals.SIGNAL_ERROR])
     assert received[signals.SIGNAL_COMPLETE] == [()]
 

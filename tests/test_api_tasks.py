@@ -12,16 +12,12 @@ from huey.exceptions import ConfigurationError, HueyException, TaskException
 from huey.registry import Message
 from huey.storage import MemoryStorage
 
+from conftest import run_next
+
 
 @pytest.fixture
 def huey():
     return MemoryHuey(utc=False)
-
-
-def run_next(huey, timestamp=None):
-    task = huey.dequeue()
-    assert task is not None, 'queue unexpectedly empty'
-    return huey.execute(task, timestamp=timestamp)
 
 
 def test_calling_a_task_enqueues_it_and_the_consumer_side_runs_it(huey):
@@ -56,9 +52,22 @@ def test_task_names_default_to_module_and_function(huey):
 
 def test_message_is_a_namedtuple_with_huey_fields(huey):
     assert Message._fields == (
-        'id', 'name', 'eta', 'retries', 'retry_delay', 'priority', 'args', 'kwargs',
-        'on_complete', 'on_error', 'expires', 'expires_resolved', 'timeout', 'chord_config',
-        'retry_backoff')
+        'id',
+        'name',
+        'eta',
+        'retries',
+        'retry_delay',
+        'priority',
+        'args',
+        'kwargs',
+        'on_complete',
+        'on_error',
+        'expires',
+        'expires_resolved',
+        'timeout',
+        'chord_config',
+        'retry_backoff',
+    )
     assert Message.__module__ == 'huey.registry'
     old = Message('id1', 'mod.fn')  # fields added later default to None
     assert old.retry_backoff is None and old.args is None
@@ -118,11 +127,16 @@ def test_call_local_and_s(huey):
         return a + b
 
     assert add.call_local(1, b=2) == 3
-    task = add.s(1, b=5, priority=3, retries=2, retry_delay=4, expires=10, timeout=7,
-                 id='my-id')
+    task = add.s(1, b=5, priority=3, retries=2, retry_delay=4, expires=10, timeout=7, id='my-id')
     assert task.args == (1,) and task.kwargs == {'b': 5}
-    assert (task.priority, task.retries, task.retry_delay, task.expires, task.timeout,
-            task.id) == (3, 2, 4, 10, 7, 'my-id')
+    assert (
+        task.priority,
+        task.retries,
+        task.retry_delay,
+        task.expires,
+        task.timeout,
+        task.id,
+    ) == (3, 2, 4, 10, 7, 'my-id')
     assert huey.pending_count() == 0  # .s() does not enqueue
 
 
@@ -201,6 +215,7 @@ def test_schedule_eta_and_delay_forms(huey):
 def test_eta_in_utc_or_local_time():
     utc_huey, local_huey = MemoryHuey(utc=True), MemoryHuey(utc=False, name='local')
     for h in (utc_huey, local_huey):
+
         @h.task()
         def f():
             pass
@@ -274,6 +289,7 @@ def test_timeouts_are_cooperative_for_in_process_execution(huey):
     @huey.task(timeout=0.01, context=True)
     def slow(task=None):
         import time
+
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             task.check_timeout()
@@ -402,17 +418,20 @@ def test_unregister(huey):
 
 def test_create_consumer_returns_a_consumer(huey):
     from huey.consumer import Consumer
+
     consumer = huey.create_consumer(workers=2)
     assert isinstance(consumer, Consumer) and consumer.workers == 2
 
 
 def test_default_storage_class_and_storage_kwargs():
     from huey import Huey
+
     huey = Huey('named', storage_class=MemoryStorage)
     assert isinstance(huey.storage, MemoryStorage) and huey.storage.name == 'named'
 
 
 # -- bad input ---------------------------------------------------------------------------
+
 
 def test_registering_two_tasks_with_the_same_name_fails(huey):
     @huey.task()
@@ -420,6 +439,7 @@ def test_registering_two_tasks_with_the_same_name_fails(huey):
         pass
 
     with pytest.raises(ValueError, match='same identifier'):
+
         @huey.task(name='dup')
         def other():
             pass

@@ -258,9 +258,15 @@ def test_rate_limit_window(huey):
     assert rl.current_usage() == 0
 
 
-@pytest.mark.parametrize('retry, retries, expect_scheduled', [
-    (True, 0, True), (True, 2, True), (False, 2, True), (False, 0, False),
-])
+@pytest.mark.parametrize(
+    'retry, retries, expect_scheduled',
+    [
+        (True, 0, True),
+        (True, 2, True),
+        (False, 2, True),
+        (False, 0, False),
+    ],
+)
 def test_rate_limited_task_retry_table(huey, retry, retries, expect_scheduled):
     @huey.task(retries=retries)
     @huey.rate_limit('limited', limit=0, per=3600, retry=retry)

@@ -38,11 +38,26 @@ from hypothesis import strategies as st
 from huey import crontab
 from huey.api import Huey
 from huey.serializer import Serializer, SignedSerializer
-from huey.storage import (FileStorage, MemoryStorage, PriorityRedisStorage, RedisStorage,
-                          SqliteStorage)
+from huey.storage import (
+    FileStorage,
+    MemoryStorage,
+    PriorityRedisStorage,
+    RedisStorage,
+    SqliteStorage,
+)
 
-UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, OverflowError,
-                   AttributeError, ImportError, IndexError, KeyError, MemoryError)
+UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    MemoryError,
+)
 
 HEADROOM = 256 << 20  # bytes of address space a sweep may use beyond what is mapped now
 
@@ -74,17 +89,28 @@ def capped():
         yield
 
 
-SWEEP = settings(max_examples=300, deadline=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+SWEEP = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 # Pickle-able values of many shapes, the things producers might put on a queue by mistake.
 values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-    | st.binary() | st.datetimes() | st.decimals(allow_nan=False),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4) | st.frozensets(
-        st.integers(), max_size=4),
-    max_leaves=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.datetimes()
+    | st.decimals(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        | st.frozensets(st.integers(), max_size=4)
+    ),
+    max_leaves=12,
+)
 
 raw = st.binary(max_size=64) | st.binary(max_size=62).map(lambda b: b'\x80\x05' + b)
 
@@ -98,6 +124,7 @@ def _deserialize_or_allowed(serializer, data, allowed):
 
 # -- serializers ---------------------------------------------------------------------------
 
+
 @SWEEP
 @given(data=raw)
 def test_plain_serializer_raises_only_unpickle_errors(capped, data):
@@ -107,8 +134,7 @@ def test_plain_serializer_raises_only_unpickle_errors(capped, data):
 @SWEEP
 @given(data=raw)
 def test_compressed_serializer_raises_only_unpickle_errors(capped, data):
-    for serializer in (Serializer(compression=True), Serializer(compression=True,
-                                                                use_zlib=True)):
+    for serializer in (Serializer(compression=True), Serializer(compression=True, use_zlib=True)):
         _deserialize_or_allowed(serializer, data, UNPICKLE_ERRORS)
 
 
@@ -140,24 +166,28 @@ def test_random_pickles_round_trip_and_are_rejected_unsigned(value):
 def test_truncated_compressed_messages_raise_allowed_errors(capped, value, cut):
     serializer = Serializer(compression=True)
     data = serializer.serialize(value)
-    _deserialize_or_allowed(serializer, data[:min(cut, len(data) - 1)], UNPICKLE_ERRORS)
+    _deserialize_or_allowed(serializer, data[: min(cut, len(data) - 1)], UNPICKLE_ERRORS)
 
 
 # -- storages: random bytes on the queue are set aside, never raised ------------------------
+
 
 def _redis(cls):
     def make(request, tmp_path):
         server = request.getfixturevalue('redis_db')
         return dict(storage_class=cls, host=server.host, port=server.port, blocking=False)
+
     return make
 
 
 STORAGES = {
     'memory': lambda request, tmp_path: dict(storage_class=MemoryStorage),
-    'file': lambda request, tmp_path: dict(storage_class=FileStorage,
-                                           path=str(tmp_path / 'files')),
-    'sqlite': lambda request, tmp_path: dict(storage_class=SqliteStorage,
-                                             filename=str(tmp_path / 'huey.db')),
+    'file': lambda request, tmp_path: dict(
+        storage_class=FileStorage, path=str(tmp_path / 'files')
+    ),
+    'sqlite': lambda request, tmp_path: dict(
+        storage_class=SqliteStorage, filename=str(tmp_path / 'huey.db')
+    ),
     'redis': _redis(RedisStorage),
     'priority-redis': _redis(PriorityRedisStorage),
 }
@@ -198,8 +228,16 @@ def test_random_messages_on_every_schedule_are_set_aside(huey, capped, data):
 
 # -- public API: wrong argument types raise ValueError or TypeError -------------------------
 
-anything = (st.none() | st.booleans() | st.integers() | st.floats() | st.text()
-            | st.binary() | st.lists(st.integers(), max_size=3) | st.builds(object))
+anything = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.lists(st.integers(), max_size=3)
+    | st.builds(object)
+)
 
 
 @pytest.fixture
@@ -215,8 +253,10 @@ def memory_huey():
 
 
 @settings(max_examples=300, deadline=None)
-@given(field=st.sampled_from(['minute', 'hour', 'day', 'month', 'day_of_week']),
-       spec=st.text(max_size=12) | st.text('0123456789*/,-', max_size=12) | anything)
+@given(
+    field=st.sampled_from(['minute', 'hour', 'day', 'month', 'day_of_week']),
+    spec=st.text(max_size=12) | st.text('0123456789*/,-', max_size=12) | anything,
+)
 def test_crontab_rejects_bad_specs_with_value_or_type_error(field, spec):
     try:
         validate = crontab(**{field: spec})
@@ -269,16 +309,18 @@ def test_dead_letters_limit_is_checked(memory_huey, limit):
 
 # -- a consumer process survives a queue of garbage ----------------------------------------
 
-APP = '''
+APP = """
+import os
 import resource
-resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.RLIM_INFINITY))
+if os.environ.get('GARBAGE_APP_CAP'):  # the consumer process only, not the test importing it
+    resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.RLIM_INFINITY))
 from huey import SqliteHuey
 huey = SqliteHuey('garbage', filename={db!r})
 
 @huey.task()
 def add(a, b):
     return a + b
-'''
+"""
 
 
 def test_consumer_process_survives_garbage_and_runs_the_good_tasks(tmp_path):
@@ -291,18 +333,34 @@ def test_consumer_process_survives_garbage_and_runs_the_good_tasks(tmp_path):
         sys.path.remove(str(tmp_path))
     huey = garbage_app.huey
     rnd = random.Random(7)
-    garbage = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(64)))
-               for _ in range(200)]
+    garbage = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(64))) for _ in range(200)]
     results = []
     for i, data in enumerate(garbage):
         huey.storage.enqueue(data)
         if i % 20 == 0:
             results.append((i, garbage_app.add(i, 1)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), GARBAGE_APP_CAP='1'
+    )
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'huey.bin.huey_consumer', 'garbage_app.huey', '-w', '2',
-         '-d', '0.001', '-m', '0.01', '-q'],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            '-m',
+            'huey.bin.huey_consumer',
+            'garbage_app.huey',
+            '-w',
+            '2',
+            '-d',
+            '0.001',
+            '-m',
+            '0.01',
+            '-q',
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for i, result in results:
             assert result.get(blocking=True, timeout=60) == i + 1

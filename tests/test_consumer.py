@@ -31,12 +31,19 @@ WAIT = 10  # seconds a test waits for something that should take milliseconds
 # Process workers fork: a MemoryHuey's queue is copied into the child at fork time, so tasks
 # enqueued before start() run there, but results written by the child never reach this
 # process. Reading results back needs a storage shared across fork.
-SHARED_STORAGE = next((getattr(huey_package, name) for name in ('FileHuey', 'SqliteHuey')
-                       if hasattr(huey_package, name)), None)
+SHARED_STORAGE = next(
+    (
+        getattr(huey_package, name)
+        for name in ('FileHuey', 'SqliteHuey')
+        if hasattr(huey_package, name)
+    ),
+    None,
+)
 needs_shared_storage = pytest.mark.skipif(
     SHARED_STORAGE is None,
     reason='TODO: process-worker results need a storage shared across fork (FileHuey or '
-           'SqliteHuey), not merged in this tree yet')
+    'SqliteHuey), not merged in this tree yet',
+)
 
 
 class Recorder:
@@ -52,6 +59,7 @@ class Recorder:
         @huey.signal()
         def receive(signal_name, task, *args):
             self.note(signal_name, task.id)
+
         return self
 
     def note(self, kind, value=''):
@@ -209,6 +217,7 @@ ALL_TYPES = ['thread', 'greenlet', 'process']
 
 # -- running tasks -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('worker_type', IN_PROCESS)
 def test_tasks_run_and_results_arrive(harness, huey, worker_type):
     @huey.task()
@@ -241,8 +250,9 @@ def test_process_workers_run_tasks_in_child_processes(harness, huey):
 def test_process_workers_results_through_shared_storage(harness, tmp_path):
     name = SHARED_STORAGE.__name__
     path = str(tmp_path / 'queue.db') if name == 'SqliteHuey' else str(tmp_path / 'queue')
-    shared = SHARED_STORAGE('consumer-tests', **({'filename': path} if name == 'SqliteHuey'
-                                                  else {'path': path}))
+    shared = SHARED_STORAGE(
+        'consumer-tests', **({'filename': path} if name == 'SqliteHuey' else {'path': path})
+    )
 
     @shared.task()
     def pid_of(n):
@@ -256,6 +266,7 @@ def test_process_workers_results_through_shared_storage(harness, tmp_path):
 
 
 # -- scheduled and periodic tasks --------------------------------------------------------------
+
 
 @pytest.mark.parametrize('worker_type', IN_PROCESS)
 def test_scheduled_task_runs_at_its_eta_not_before(harness, huey, worker_type):
@@ -418,6 +429,7 @@ def test_running_consumer_checks_periodic_tasks_at_start_then_a_minute_later(har
 
 # -- configuration -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('interval', [7, 8, 9, 11, 13, 25, 45, 59])
 def test_scheduler_interval_must_divide_a_minute(huey, interval):
     with pytest.raises(ConfigurationError, match='factor of 60'):
@@ -458,6 +470,7 @@ def test_immediate_mode_cannot_be_consumed(huey):
 
 # -- stopping ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('worker_type', ALL_TYPES)
 def test_graceful_stop_lets_the_running_task_finish(harness, huey, worker_type):
     rec = harness.recorder(huey, worker_type)
@@ -491,8 +504,7 @@ def test_graceful_stop_lets_the_running_task_finish(harness, huey, worker_type):
 
 
 @pytest.mark.parametrize('worker_type', ALL_TYPES)
-def test_interrupting_stop_reports_the_running_task_as_interrupted(harness, huey,
-                                                                  worker_type):
+def test_interrupting_stop_reports_the_running_task_as_interrupted(harness, huey, worker_type):
     rec = harness.recorder(huey, worker_type)
     started, release = harness.gate(worker_type), harness.gate(worker_type)
 
@@ -537,6 +549,7 @@ def test_stop_with_shutdown_timeout_interrupts_after_waiting(harness, huey):
 
 
 # -- hooks, health checks, recycling -----------------------------------------------------------
+
 
 @pytest.mark.parametrize('worker_type', ALL_TYPES)
 def test_startup_and_shutdown_hooks_run_once_per_worker(harness, huey, worker_type):
@@ -669,6 +682,7 @@ def test_max_tasks_recycles_the_worker(harness, huey):
 
 
 # -- timeouts ----------------------------------------------------------------------------------
+
 
 def test_thread_timeout_is_cooperative_via_check_timeout(harness, huey):
     rec = harness.recorder(huey, 'thread')

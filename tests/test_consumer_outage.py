@@ -17,7 +17,8 @@ def wait_until(condition, timeout=10, what=None):
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, (
-            f'condition not reached in time{": " if what else ""}{what() if what else ""}')
+            f'condition not reached in time{": " if what else ""}{what() if what else ""}'
+        )
         time.sleep(0.01)
 
 
@@ -29,8 +30,9 @@ def test_worker_logs_an_outage_once_and_resumes(redis_db, caplog):
         return 2 * x
 
     assert double(1).get(blocking=False) is None  # enqueued while the server is up
-    consumer = huey.create_consumer(workers=1, initial_delay=0.01, max_delay=0.05,
-                                    periodic=False, check_worker_health=False)
+    consumer = huey.create_consumer(
+        workers=1, initial_delay=0.01, max_delay=0.05, periodic=False, check_worker_health=False
+    )
     worker = consumer.worker_threads[0][0]
     caplog.set_level(logging.DEBUG, logger='huey.consumer')
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -57,8 +59,9 @@ def test_restart_under_running_producers_and_consumers(redis_server_factory, rel
     # An append-only server (fsync always) keeps what it acknowledged across the restart;
     # every task whose enqueue returned must then run, in both modes.
     server = redis_server_factory('--appendonly', 'yes', '--appendfsync', 'always')
-    huey = RedisHuey('restart', host=server.host, port=server.port, read_timeout=0.2,
-                     reliable=reliable, lease=2)
+    huey = RedisHuey(
+        'restart', host=server.host, port=server.port, read_timeout=0.2, reliable=reliable, lease=2
+    )
     ran, ran_lock = set(), threading.Lock()
 
     @huey.task()
@@ -81,8 +84,9 @@ def test_restart_under_running_producers_and_consumers(redis_server_factory, rel
                     restarted.wait(0.05)
             acked.add((producer, i))
 
-    consumer = huey.create_consumer(workers=2, initial_delay=0.01, max_delay=0.05,
-                                    check_worker_health=False)
+    consumer = huey.create_consumer(
+        workers=2, initial_delay=0.01, max_delay=0.05, check_worker_health=False
+    )
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     saved = {signum: signal.getsignal(signum) for signum in handled}
     consumer.start()
@@ -101,8 +105,11 @@ def test_restart_under_running_producers_and_consumers(redis_server_factory, rel
         # worker whose connection the shutdown cut is gone (huey's at-most-once window):
         # at most one per worker.
         allowed = 0 if reliable else 2
-        wait_until(lambda: len(acked - ran) <= allowed and huey.pending_count() == 0,
-                   timeout=30, what=lambda: (sorted(acked - ran)[:10], huey.pending_count()))
+        wait_until(
+            lambda: len(acked - ran) <= allowed and huey.pending_count() == 0,
+            timeout=30,
+            what=lambda: (sorted(acked - ran)[:10], huey.pending_count()),
+        )
     finally:
         consumer.stop(graceful=True)  # waits for running tasks
         for signum, handler in saved.items():

@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 from huey import crontab
 
 FIELDS = {  # name -> (lowest, highest) value a user may write
-    'minute': (0, 59), 'hour': (0, 23), 'day': (1, 31), 'month': (1, 12),
+    'minute': (0, 59),
+    'hour': (0, 23),
+    'day': (1, 31),
+    'month': (1, 12),
     'day_of_week': (0, 7),
 }
 
@@ -31,7 +34,7 @@ def model_values(field, spec):
             else:
                 top = 6 if field == 'day_of_week' else hi
                 seq = list(range(start, top + 1)) + list(range(lo, end + 1))
-            values.update(seq[::int(step or 1)])
+            values.update(seq[:: int(step or 1)])
         else:
             values.add(int(piece))
     if field == 'day_of_week':
@@ -41,17 +44,25 @@ def model_values(field, spec):
 
 def model_matches(specs, dt):
     sunday_first = (dt.weekday() + 1) % 7
-    fields = {'minute': dt.minute, 'hour': dt.hour, 'day': dt.day, 'month': dt.month,
-              'day_of_week': sunday_first}
+    fields = {
+        'minute': dt.minute,
+        'hour': dt.hour,
+        'day': dt.day,
+        'month': dt.month,
+        'day_of_week': sunday_first,
+    }
     return all(fields[f] in model_values(f, specs[f]) for f in FIELDS)
 
 
 def piece(field):
     lo, hi = FIELDS[field]
     value = st.integers(lo, hi)
-    forms = [st.just('*'), value.map(str),
-             st.tuples(value, value).map(lambda p: f'{p[0]}-{p[1]}'),
-             st.tuples(value, value, st.integers(1, 7)).map(lambda p: f'{p[0]}-{p[1]}/{p[2]}')]
+    forms = [
+        st.just('*'),
+        value.map(str),
+        st.tuples(value, value).map(lambda p: f'{p[0]}-{p[1]}'),
+        st.tuples(value, value, st.integers(1, 7)).map(lambda p: f'{p[0]}-{p[1]}/{p[2]}'),
+    ]
     if field != 'day_of_week':
         forms.append(st.integers(1, hi + 1).map(lambda n: f'*/{n}'))
     return st.one_of(forms)
@@ -65,8 +76,10 @@ crontab_specs = st.fixed_dictionaries({f: field_spec(f) for f in FIELDS})
 
 
 @settings(max_examples=150, deadline=None)
-@given(specs=crontab_specs, start=st.datetimes(datetime.datetime(1990, 1, 1),
-                                              datetime.datetime(2090, 1, 1)))
+@given(
+    specs=crontab_specs,
+    start=st.datetimes(datetime.datetime(1990, 1, 1), datetime.datetime(2090, 1, 1)),
+)
 def test_every_minute_of_a_day_agrees_with_the_model(specs, start):
     validate = crontab(**specs)
     t = start.replace(second=0, microsecond=0)
@@ -133,19 +146,22 @@ def test_dates_and_subclasses():
     assert not validate(MyDateTime(2026, 3, 5, 0, 0))
 
 
-@pytest.mark.parametrize('kwargs, fragment', [
-    ({'minute': '61'}, '61 is not a valid minute (0-59)'),
-    ({'minute': 60}, '60 is not a valid minute'),
-    ({'hour': '0-24'}, '0-24'),
-    ({'month': '0'}, '0 is not a valid month'),
-    ({'day': '32'}, '32 is not a valid day'),
-    ({'day_of_week': '8'}, '8 is not a valid day_of_week'),
-    ({'day_of_week': '*/3'}, 'day_of_week'),
-    ({'minute': '0-30/0'}, 'step'),
-    ({'minute': '*/0'}, 'interval'),
-    ({'minute': 'foo'}, "minute='foo' matches no values"),
-    ({'minute': '1,foo', 'strict': True}, "'foo' is not a valid minute"),
-])
+@pytest.mark.parametrize(
+    'kwargs, fragment',
+    [
+        ({'minute': '61'}, '61 is not a valid minute (0-59)'),
+        ({'minute': 60}, '60 is not a valid minute'),
+        ({'hour': '0-24'}, '0-24'),
+        ({'month': '0'}, '0 is not a valid month'),
+        ({'day': '32'}, '32 is not a valid day'),
+        ({'day_of_week': '8'}, '8 is not a valid day_of_week'),
+        ({'day_of_week': '*/3'}, 'day_of_week'),
+        ({'minute': '0-30/0'}, 'step'),
+        ({'minute': '*/0'}, 'interval'),
+        ({'minute': 'foo'}, "minute='foo' matches no values"),
+        ({'minute': '1,foo', 'strict': True}, "'foo' is not a valid minute"),
+    ],
+)
 def test_bad_input_raises_value_error_naming_it(kwargs, fragment):
     with pytest.raises(ValueError) as exc:
         crontab(**kwargs)

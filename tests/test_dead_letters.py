@@ -5,7 +5,6 @@ running the good messages around them; then they can be listed, requeued and pur
 import datetime
 import logging
 import pickle
-import signal
 import threading
 
 import pytest
@@ -14,8 +13,14 @@ from huey import signals as S
 from huey.api import Huey
 from huey.registry import Message
 from huey.serializer import Serializer, SignedSerializer
-from huey.storage import (FileStorage, MemoryStorage, PriorityRedisStorage, RedisStorage,
-                          SqliteStorage)
+from huey.storage import (
+    FileStorage,
+    MemoryStorage,
+    PostgresStorage,
+    PriorityRedisStorage,
+    RedisStorage,
+    SqliteStorage,
+)
 
 WAIT = 10
 
@@ -24,18 +29,26 @@ def _redis(cls):
     def make(request, tmp_path, name):
         server = request.getfixturevalue('redis_db')
         return dict(storage_class=cls, host=server.host, port=server.port, read_timeout=0.1)
+
     return make
 
 
 STORAGES = {
     'memory': lambda request, tmp_path, name: dict(storage_class=MemoryStorage),
     # A FileStorage is partitioned by its directory (as in huey): one per name here.
-    'file': lambda request, tmp_path, name: dict(storage_class=FileStorage,
-                                                 path=str(tmp_path / f'files-{name}')),
-    'sqlite': lambda request, tmp_path, name: dict(storage_class=SqliteStorage,
-                                                   filename=str(tmp_path / 'huey.db')),
+    'file': lambda request, tmp_path, name: dict(
+        storage_class=FileStorage, path=str(tmp_path / f'files-{name}')
+    ),
+    'sqlite': lambda request, tmp_path, name: dict(
+        storage_class=SqliteStorage, filename=str(tmp_path / 'huey.db')
+    ),
     'redis': _redis(RedisStorage),
     'priority-redis': _redis(PriorityRedisStorage),
+    'postgres': lambda request, tmp_path, name: dict(
+        storage_class=PostgresStorage,
+        dsn=request.getfixturevalue('postgres_db').dsn,
+        read_timeout=0.1,
+    ),
 }
 
 UNPICKLED = []
@@ -74,7 +87,7 @@ def _unknown_task(serializer, task_name):
 
 def _truncated_compression(serializer, task_name):
     data = serializer.serialize(_message(task_name, 1, 2))
-    return data[:len(data) // 2]
+    return data[: len(data) // 2]
 
 
 def _not_a_message(serializer, task_name):
@@ -83,11 +96,13 @@ def _not_a_message(serializer, task_name):
 
 KINDS = {
     'corrupt-bytes': (Serializer, _corrupt, 'UnpicklingError'),
-    'bad-signature': (lambda: SignedSerializer(secret='the secret'), _bad_signature,
-                      'signature'),
+    'bad-signature': (lambda: SignedSerializer(secret='the secret'), _bad_signature, 'signature'),
     'unknown-task': (Serializer, _unknown_task, 'nowhere.gone not found'),
-    'truncated-compression': (lambda: Serializer(compression=True), _truncated_compression,
-                              'decompress'),
+    'truncated-compression': (
+        lambda: Serializer(compression=True),
+        _truncated_compression,
+        'decompress',
+    ),
     'not-a-message': (Serializer, _not_a_message, 'AttributeError'),
 }
 
@@ -126,39 +141,16 @@ def make_huey(request, tmp_path):
         huey.storage.close()
 
 
-@pytest.fixture
-def run_consumer():
-    """Start a real in-process consumer; stop it and restore signal handlers afterwards."""
-    handled = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    saved = {s: signal.getsignal(s) for s in handled}
-    consumers = []
-
-    def start(huey):
-        consumer = huey.create_consumer(workers=2, initial_delay=0.001, max_delay=0.01)
-        consumer.start()
-        consumers.append(consumer)
-        return consumer
-
-    yield start
-    for consumer in consumers:
-        consumer.stop(graceful=True)
-        for _, worker in consumer.worker_threads:
-            worker.join(WAIT)
-        consumer.scheduler.join(WAIT)
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
-
-
 def _with_tasks(huey):
     @huey.task()
     def add(a, b):
         return a + b
+
     return add
 
 
 @pytest.mark.parametrize('kind', sorted(KINDS))
-def test_bad_messages_are_set_aside_and_good_ones_still_run(make_huey, run_consumer, kind,
-                                                             caplog):
+def test_bad_messages_are_set_aside_and_good_ones_still_run(make_huey, run_consumer, kind, caplog):
     make_serializer, make_bad, reason_part = KINDS[kind]
     huey = make_huey(make_serializer())
     add = _with_tasks(huey)
@@ -222,8 +214,9 @@ def test_listings_skip_bad_messages_without_setting_them_aside(make_huey):
     later = add.s(1, 1)
     later.eta = datetime.datetime.now() + datetime.timedelta(hours=1)
     huey.add_schedule(later)
-    huey.storage.add_to_schedule(b'junk in the schedule',
-                                 datetime.datetime.now() + datetime.timedelta(hours=1))
+    huey.storage.add_to_schedule(
+        b'junk in the schedule', datetime.datetime.now() + datetime.timedelta(hours=1)
+    )
 
     assert [t.args for t in huey.pending()] == [(1, 2)]
     assert [t.args for t in huey.scheduled()] == [(1, 1)]
@@ -263,8 +256,8 @@ def test_requeue_puts_the_original_bytes_back(make_huey):
     @huey.task(name='deployed_later')
     def deployed_later(x):
         return x * 10
-    assert huey._registry.task_to_string(deployed_later.task_class) == \
-        f'{__name__}.deployed_later'
+
+    assert huey._registry.task_to_string(deployed_later.task_class) == f'{__name__}.deployed_later'
     assert huey.requeue_dead_letter(letter['id']) is True
     assert huey.requeue_dead_letter(letter['id']) is False  # already taken
     task = huey.dequeue()
@@ -338,17 +331,21 @@ def test_a_pickled_bomb_on_a_signed_queue_is_not_unpickled(make_huey):
         assert huey.dequeue() is None
     assert UNPICKLED == []
     assert [letter['data'] for letter in huey.dead_letters()] == [
-        bomb, bomb + b':' + b'0' * 40, bomb + b':nothex']
+        bomb,
+        bomb + b':' + b'0' * 40,
+        bomb + b':nothex',
+    ]
 
 
-@pytest.mark.parametrize('kind', ['sqlite', 'redis', 'priority-redis'])
-def test_huey_354_ignores_dead_letters_and_flush_all_keeps_them(kind, tmp_path, request,
-                                                                reference_peer):
+@pytest.mark.parametrize('kind', ['sqlite', 'redis', 'priority-redis', 'postgres'])
+def test_huey_354_ignores_dead_letters_and_flush_all_keeps_them(
+    kind, tmp_path, request, reference_peer
+):
     options = STORAGES[kind](request, tmp_path, 'shared')
     ours = Huey('shared', **options)
     storage_class = options.pop('storage_class').__name__
     options.pop('read_timeout', None)
-    if 'redis' in kind:
+    if 'redis' in kind or kind == 'postgres':
         options['blocking'] = False
     theirs = reference_peer(storage_class, 'shared', **options)
 

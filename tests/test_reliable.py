@@ -1,5 +1,5 @@
-"""Reliable delivery (``Huey(reliable=True)``) on Sqlite, File and Redis: in-flight moves, acks,
-lease renewal, recovery, the delivery cap, fencing, and the atomic schedule move."""
+"""Reliable delivery (``Huey(reliable=True)``) on Sqlite, File, Redis and Postgres: in-flight
+moves, acks, lease renewal, recovery, the delivery cap, fencing, and the atomic schedule move."""
 
 import datetime
 import os
@@ -11,21 +11,25 @@ import uuid
 
 import pytest
 
-from huey import FileHuey, RedisHuey, SqliteHuey
+from huey import FileHuey, PostgresHuey, RedisHuey, SqliteHuey
 from huey.api import PriorityRedisHuey
 from huey.signals import SIGNAL_DEAD_LETTER
 
 
-@pytest.fixture(params=['sqlite', 'file', 'redis', 'priority_redis'])
+@pytest.fixture(params=['sqlite', 'file', 'redis', 'priority_redis', 'postgres'])
 def make_huey(request, tmp_path):
     def make(**kwargs):
         if request.param == 'sqlite':
             return SqliteHuey('rel', filename=str(tmp_path / 'q.db'), **kwargs)
+        if request.param == 'postgres':
+            server = request.getfixturevalue('postgres_db')
+            return PostgresHuey('rel', dsn=server.dsn, blocking=False, **kwargs)
         if request.param == 'file':
             return FileHuey('rel', path=str(tmp_path / 'files'), **kwargs)
         server = request.getfixturevalue('redis_db')
         cls = RedisHuey if request.param == 'redis' else PriorityRedisHuey
         return cls('rel', blocking=False, **server.connection_params, **kwargs)
+
     return make
 
 
@@ -46,7 +50,8 @@ def test_reliable_dequeue_holds_the_message_until_the_ack(make_huey):
     task = huey.dequeue()
     assert huey.pending_count() == 0
     [(token, consumer, deliveries, _, data)] = huey.storage.inflight_items()
-    assert token == task._delivery and deliveries == 1
+    # Delivery 1, charged only once the task starts.
+    assert token == task.delivery.token and task.delivery.count == 1 and deliveries == 0
     assert huey.deserialize_task(data).id == task.id
     assert huey.execute(task) == 3
     assert result.get() == 3
@@ -58,10 +63,12 @@ def test_expired_lease_is_redelivered_then_dead_lettered_at_the_cap(make_huey):
     huey = make_huey(reliable=True, lease=30, max_deliveries=2)
     huey.task()(lambda: 1)()
     first = huey.dequeue()
+    assert huey.storage.mark_started(first.delivery.token)  # ... and its consumer dies
     assert huey.storage.recover_expired(2, now=time.time()) == (0, [])  # lease still valid
     assert huey.storage.recover_expired(2, now=time.time() + 31) == (1, [])
     second = huey.dequeue()
-    assert second.id == first.id and second._deliveries == 2
+    assert second.id == first.id and second.delivery.count == 2
+    assert huey.storage.mark_started(second.delivery.token)
     signalled = []
     huey.signal(SIGNAL_DEAD_LETTER)(lambda *args: signalled.append(args))
     assert huey.recover_expired(now=time.time() + 31) == (0, 1)
@@ -77,7 +84,7 @@ def test_renewal_is_batched_and_reports_what_is_still_in_flight(make_huey):
     fn = huey.task()(lambda: 1)
     for _ in range(3):
         fn()
-    tokens = [huey.dequeue()._delivery for _ in range(3)]
+    tokens = [huey.dequeue().delivery.token for _ in range(3)]
     assert huey.storage.renew_leases(tokens + ['not-a-token'], 30) == 3
     leases = [until for _, _, _, until, _ in huey.storage.inflight_items()]
     assert all(until > time.time() + 29 for until in leases)
@@ -85,18 +92,42 @@ def test_renewal_is_batched_and_reports_what_is_still_in_flight(make_huey):
 
 def test_late_finisher_is_fenced(make_huey):
     huey = make_huey(reliable=True, lease=30)
-    fn = huey.task(name='first')(lambda: 'late')
-    pipe = fn.s().then(huey.task(name='then')(lambda value: value))
+    fresh = []
+
+    @huey.task(name='first')
+    def first():
+        if not fresh:  # the first run's consumer is presumed dead while it runs
+            huey.storage.recover_expired(3, now=time.time() + 31)
+            fresh.append(huey.dequeue())
+        return 'late'
+
+    pipe = first.s().then(huey.task(name='then')(lambda value: value))
     huey.enqueue(pipe)
     stale = huey.dequeue()
-    huey.storage.recover_expired(3, now=time.time() + 31)  # consumer presumed dead
-    fresh = huey.dequeue()
-    assert fresh.id == stale.id and fresh._delivery != stale._delivery
-    # The stale run finishes first: no result, no continuation.
+    # The stale run finishes after its redelivery was taken: no result, no continuation.
     assert huey.execute(stale) == 'late'
+    [again] = fresh
+    assert again.id == stale.id and again.delivery.token != stale.delivery.token
+    assert again.delivery.count == 2  # the stale run had started: charged
     assert huey.result(stale.id, preserve=True) is None and huey.pending_count() == 0
-    assert huey.execute(fresh) == 'late'
+    assert huey.execute(again) == 'late'
     assert huey.result(stale.id) == 'late' and huey.pending_count() == 1
+
+
+def test_a_delivery_recovered_before_it_started_is_not_run_or_charged(make_huey):
+    huey = make_huey(reliable=True, lease=30, max_deliveries=1)
+    runs = []
+    huey.task()(lambda: runs.append(1))()
+    for _ in range(3):  # fetched by a consumer that died before starting it, three times
+        huey.dequeue()
+        assert huey.storage.recover_expired(1, now=time.time() + 31) == (1, [])
+    stale = huey.dequeue()
+    huey.storage.recover_expired(1, now=time.time() + 31)
+    assert huey.execute(stale) is None and runs == []
+    fresh = huey.dequeue()
+    assert fresh.delivery.count == 1
+    huey.execute(fresh)
+    assert runs == [1] and huey.dead_letters() == [] and huey.storage.inflight_items() == []
 
 
 def test_move_due_to_queue_keeps_order_and_priority(make_huey):
@@ -113,7 +144,7 @@ def test_move_due_to_queue_keeps_order_and_priority(make_huey):
     assert [huey.dequeue().args for _ in range(3)] == [(0,), (1,), (2,)]
 
 
-@pytest.mark.parametrize('kind', ['sqlite', 'file', 'redis', 'priority_redis'])
+@pytest.mark.parametrize('kind', ['sqlite', 'file', 'redis', 'priority_redis', 'postgres'])
 def test_recovery_sets_over_cap_messages_aside_in_the_same_step(kind, tmp_path, request):
     # The storage writes the dead letter inside the recovery (Sqlite transaction, Redis
     # script, File: before the in-flight file goes), so the storage call alone, with no
@@ -122,18 +153,169 @@ def test_recovery_sets_over_cap_messages_aside_in_the_same_step(kind, tmp_path, 
         huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True)
     elif kind == 'file':
         huey = FileHuey('rel', path=str(tmp_path / 'files'), reliable=True)
+    elif kind == 'postgres':
+        server = request.getfixturevalue('postgres_db')
+        huey = PostgresHuey('rel', dsn=server.dsn, blocking=False, reliable=True)
     else:
         server = request.getfixturevalue('redis_db')
         cls = RedisHuey if kind == 'redis' else PriorityRedisHuey
         huey = cls('rel', blocking=False, reliable=True, **server.connection_params)
     huey.task()(lambda: 1)()
     task = huey.dequeue()
+    huey.storage.mark_started(task.delivery.token)
     [(_, deliveries, letter_id)] = huey.storage.recover_expired(1, now=time.time() + 31)[1]
     assert deliveries == 1
     [letter] = huey.storage.dead_letters()
     assert letter['id'] == letter_id and huey.deserialize_task(letter['data']).id == task.id
     assert letter['reason'] == 'delivered 1 times without completing (max_deliveries=1)'
     assert huey.storage.inflight_items() == [] and huey.pending_count() == 0
+
+
+def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
+    import threading
+
+    huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True, lease=30)
+    order = []
+    a_running, release_a = threading.Event(), threading.Event()
+
+    @huey.task()
+    def step(name):
+        order.append(name)
+        if name == 'a':
+            a_running.set()
+            assert release_a.wait(10)
+            order.append('a done')
+
+    step('suspect')
+    crashed = huey.dequeue()
+    huey.storage.mark_started(crashed.delivery.token)  # ... and its process was killed
+    huey.storage.recover_expired(3, now=time.time() + 31)
+    step('a')
+    step('c')
+    suspect, a, c = huey.dequeue(), huey.dequeue(), huey.dequeue()
+    assert (suspect.delivery.count, a.delivery.count, c.delivery.count) == (2, 1, 1)
+    turns = huey._reliable.leases().turns
+    threads = [threading.Thread(target=huey.execute, args=(a,))]
+    threads[0].start()
+    assert a_running.wait(10)
+    threads.append(threading.Thread(target=huey.execute, args=(suspect,)))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not turns._waiting_alone:  # the suspect waits for 'a' to end
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    threads.append(threading.Thread(target=huey.execute, args=(c,)))
+    threads[2].start()  # arrives after the suspect: waits for it
+    release_a.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ['a', 'a done', 'suspect', 'c']
+
+
+def _take_all(storage, count):
+    tokens = [uuid.uuid4().hex for _ in range(count)]
+    for token in tokens:
+        assert storage.dequeue_reliable('c', token, 30)
+    return tokens
+
+
+def _drain(storage):
+    out = []
+    while (data := storage.dequeue()) is not None:
+        out.append(bytes(data))
+    return out
+
+
+def test_sqlite_unusable_inflight_rows_are_set_aside_and_the_rest_recovered(tmp_path):
+    import sqlite3
+
+    huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True)
+    storage = huey.storage
+    for data in (b'good', b'count', b'lease', b'priority', b'data', b'other'):
+        storage.enqueue(data)
+    tokens = _take_all(storage, 6)
+    conn = sqlite3.connect(str(tmp_path / 'q.db'))
+    for token, column, value in [
+        (tokens[1], 'deliveries', 'two'),
+        (tokens[2], 'lease_until', 'soon'),
+        (tokens[3], 'priority', 'high'),
+        (tokens[4], 'data', 12),
+    ]:
+        conn.execute(f'update huey_rs_inflight set {column} = ? where token = ?', (value, token))
+    conn.commit()
+    conn.close()
+    signalled = []
+    huey.signal(SIGNAL_DEAD_LETTER)(lambda *args: signalled.append(args))
+    assert huey.recover_expired(now=time.time() + 31) == (2, 0)
+    assert sorted(_drain(storage)) == [b'good', b'other']
+    letters = {letter['data']: letter for letter in huey.dead_letters()}
+    assert sorted(letters) == [b'12', b'count', b'lease', b'priority']
+    assert "delivery count 'two' is not a count" in letters[b'count']['reason']
+    assert "lease end 'soon' is not a time" in letters[b'lease']['reason']
+    assert "priority 'high' is not a number" in letters[b'priority']['reason']
+    assert 'its data is int' in letters[b'12']['reason']
+    assert all(repr(tokens[i]) in letters[d]['reason'] for i, d in [(1, b'count'), (2, b'lease')])
+    assert storage.inflight_items() == [] and storage.recover_expired(3) == (0, [])
+
+
+def test_sqlite_unreadable_redelivery_count_sets_that_message_aside(tmp_path):
+    import sqlite3
+
+    storage = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True).storage
+    storage.enqueue(b'crashed')
+    [token] = _take_all(storage, 1)
+    storage.mark_started(token)
+    assert storage.recover_expired(3, now=time.time() + 31) == (1, [])
+    storage.enqueue(b'next')
+    conn = sqlite3.connect(str(tmp_path / 'q.db'))
+    conn.execute("update huey_rs_redelivery set deliveries = 'x'")
+    conn.commit()
+    conn.close()
+    # The damaged one is set aside in the same dequeue, which delivers the next message.
+    assert storage.dequeue_reliable('c', 'fresh', 30) == (b'next', 1)
+    [letter] = storage.dead_letters()
+    assert letter['data'] == b'crashed' and "redelivery count 'x'" in letter['reason']
+    assert storage.queue_size() == 0
+
+
+@pytest.mark.parametrize('cls', [RedisHuey, PriorityRedisHuey])
+def test_redis_unusable_inflight_meta_is_set_aside_and_the_rest_recovered(cls, redis_db):
+    huey = cls('rel', blocking=False, reliable=True, **redis_db.connection_params)
+    storage = huey.storage
+    for data in (b'good', b'garbage', b'priority', b'other'):
+        storage.enqueue(data)
+    # Both queues deliver equal priorities oldest first.
+    tokens = dict(zip((b'good', b'garbage', b'priority', b'other'), _take_all(storage, 4)))
+    conn = storage.conn
+    conn.hset(storage.inflight_meta_key, tokens[b'garbage'], 'garbage')
+    conn.hset(storage.inflight_meta_key, tokens[b'priority'], '1 nan c')
+    assert len(storage.inflight_items()) == 4  # listed all the same
+    requeued, dead = storage.recover_expired(3, now=time.time() + 31)
+    letters = {letter['data']: letter['reason'] for letter in storage.dead_letters()}
+    assert dead == []
+    assert b'garbage' in letters and tokens[b'garbage'] in letters[b'garbage']
+    if cls is RedisHuey:  # a list queue has no use for the priority field
+        assert requeued == 3 and sorted(_drain(storage)) == [b'good', b'other', b'priority']
+    else:
+        assert requeued == 2 and sorted(_drain(storage)) == [b'good', b'other']
+        assert '"1 nan c"' in letters[b'priority']
+    assert storage.inflight_items() == [] and storage.recover_expired(3) == (0, [])
+
+
+@pytest.mark.parametrize('cls', [RedisHuey, PriorityRedisHuey])
+def test_redis_unreadable_redelivery_count_sets_that_message_aside(cls, redis_db):
+    storage = cls('rel', blocking=False, reliable=True, **redis_db.connection_params).storage
+    storage.enqueue(b'crashed')
+    [token] = _take_all(storage, 1)
+    storage.mark_started(token)
+    assert storage.recover_expired(3, now=time.time() + 31) == (1, [])
+    [member] = storage.conn.hkeys(storage.redelivery_key)
+    storage.conn.hset(storage.redelivery_key, member, 'x')
+    storage.enqueue(b'next')
+    assert storage.dequeue_reliable('c', 'fresh', 30) == (b'next', 1)
+    [letter] = storage.dead_letters()
+    assert letter['data'] == b'crashed' and "redelivery count b'x'" in letter['reason']
+    assert [item[0] for item in storage.inflight_items()] == ['fresh']
 
 
 def _command_calls(client, command):
@@ -160,9 +342,9 @@ def test_redis_reliable_dequeue_blocks_on_the_server(redis_db):
     fn()
     waiter.join(10)
     [task] = got
-    assert huey.execute(task) == 'ok'
     # One pop attempt before blocking, one adoption after: no polling loop.
     assert _command_calls(client, 'evalsha') + _command_calls(client, 'eval') <= 4
+    assert huey.execute(task) == 'ok'
     assert client.keys('huey.staging.*') == []
 
 
@@ -179,17 +361,20 @@ def test_redis_message_left_in_staging_by_a_dead_consumer_is_requeued(redis_db):
     assert huey.recover_expired() == (1, 0)
     assert huey.pending_count() == 1 and storage.conn.keys('huey.staging.*') == []
     task = huey.dequeue()
-    assert task._deliveries == 1 and huey.execute(task) == 'ok'
+    assert task.delivery.count == 1 and huey.execute(task) == 'ok'
 
 
 def _churn(path, ready):
     """Child: move every message queue -> in flight -> queue, forever (lease 0, no ack)."""
     from huey.storage import FileStorage
+
     try:
         storage = FileStorage('rel', path=path)
         first = True
         while True:
-            storage.dequeue_reliable('churn', uuid.uuid4().hex, 0)
+            token = uuid.uuid4().hex
+            if storage.dequeue_reliable('churn', token, 0):
+                storage.mark_started(token)  # rewrites the entry in place
             storage.recover_expired(10**9, now=time.time() + 1)
             if first:
                 os.write(ready, b'x')
@@ -203,6 +388,7 @@ def test_file_processes_killed_mid_delivery_or_recovery_lose_nothing(tmp_path):
     random moments (inside a take, a recovery's claim, enqueue or unlink); after each
     round, recovery puts everything back and every message is still there."""
     from huey.storage import FileStorage
+
     path = str(tmp_path / 'files')
     storage = FileStorage('rel', path=path)
     messages = {b'm%d' % i for i in range(40)}

@@ -26,8 +26,12 @@ def storage(tmp_path):
 
 def run_child(code, *args, stdout=subprocess.PIPE):
     """Start a Python child running `code` with `args` in sys.argv[1:]."""
-    return subprocess.Popen([sys.executable, '-c', textwrap.dedent(code), *map(str, args)],
-                            stdout=stdout, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent(code), *map(str, args)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc, timeout=120):
@@ -38,12 +42,20 @@ def finish(proc, timeout=120):
 
 # -- construction ------------------------------------------------------------------------------
 
+
 def test_is_a_base_storage_and_creates_its_directory(tmp_path):
     storage = FileStorage('test', tmp_path / 'a' / 'b')
     assert isinstance(storage, BaseStorage)
     assert storage.name == 'test'
     assert sorted(os.listdir(tmp_path / 'a' / 'b')) == [
-        'counters', 'queue', 'results', 'schedule', 'tmp']
+        'counters',
+        'queue',
+        'queue.d',
+        'results',
+        'schedule',
+        'schedule.d',
+        'tmp',
+    ]
 
 
 def test_path_is_required():
@@ -66,6 +78,7 @@ def test_levels_outside_0_to_4_are_refused(tmp_path, levels):
 
 # -- queue -------------------------------------------------------------------------------------
 
+
 def test_queue_is_fifo_within_a_priority_and_higher_priorities_first(storage):
     for data, priority in [(b'a', None), (b'b', 0), (b'c', 5), (b'd', 65535), (b'e', 5)]:
         storage.enqueue(data, priority)
@@ -76,12 +89,15 @@ def test_queue_is_fifo_within_a_priority_and_higher_priorities_first(storage):
     assert storage.queue_size() == 0
 
 
-@pytest.mark.parametrize('priority,message', [
-    (-1, 'priority must be a positive number'),
-    (65536, 'priority must be <= 65535'),
-    (10 ** 30, 'priority must be <= 65535'),
-    (-(10 ** 30), 'priority must be a positive number'),
-])
+@pytest.mark.parametrize(
+    'priority,message',
+    [
+        (-1, 'priority must be a positive number'),
+        (65536, 'priority must be <= 65535'),
+        (10**30, 'priority must be <= 65535'),
+        (-(10**30), 'priority must be a positive number'),
+    ],
+)
 def test_priorities_outside_huey_bounds_are_refused(storage, priority, message):
     with pytest.raises(ValueError, match=message):
         storage.enqueue(b'x', priority)
@@ -111,7 +127,7 @@ def test_flush_queue_empties_it_and_leaves_it_usable(storage):
     storage.flush_queue()
     assert storage.queue_size() == 0
     assert storage.dequeue() is None
-    assert os.listdir(storage.queue_path) == ['index']
+    assert sorted(os.listdir(storage.queue_path)) == ['index', 'lock']
     storage.enqueue(b'again')
     assert storage.dequeue() == b'again'
 
@@ -123,9 +139,12 @@ def test_binary_and_empty_messages_round_trip(storage):
     assert [storage.dequeue() for _ in payloads] == payloads
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just('enqueue'), st.integers(0, 4)),
-    st.tuples(st.just('dequeue'), st.none())), max_size=60)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just('enqueue'), st.integers(0, 4)), st.tuples(st.just('dequeue'), st.none())
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -146,6 +165,7 @@ def test_queue_matches_a_priority_heap_model(tmp_path_factory, ops):
 
 
 # -- schedule ----------------------------------------------------------------------------------
+
 
 def test_read_schedule_returns_due_items_in_time_order_to_the_microsecond(storage):
     base = datetime.datetime(2024, 5, 1, 12, 0, 0, 500)
@@ -188,7 +208,8 @@ def test_schedule_is_shared_between_instances_and_survives_compaction(tmp_path):
         assert due == [message(round_, i) for i in range(2500)]
         assert writer.schedule_size() == 500
         assert reader.read_schedule(datetime.datetime.max) == [
-            message(round_, i) for i in range(2500, 3000)]
+            message(round_, i) for i in range(2500, 3000)
+        ]
     assert sorted(os.listdir(writer.schedule_path)) == ['journal', 'lock']
     assert os.path.getsize(os.path.join(writer.schedule_path, 'journal')) < 3 << 20
 
@@ -203,6 +224,7 @@ def test_flush_schedule(storage):
 
 
 # -- results and counters ----------------------------------------------------------------------
+
 
 def test_results_put_peek_pop(storage):
     assert storage.peek_data('k') is EmptyData
@@ -223,11 +245,13 @@ def test_results_are_spread_over_levels_of_directories(tmp_path):
     for levels in range(5):
         storage = FileStorage('test', str(tmp_path / str(levels)), levels=levels)
         storage.put_data('key', b'v')
-        (found,) = [os.path.relpath(os.path.join(root, f), storage.result_path)
-                    for root, _, files in os.walk(storage.result_path) for f in files]
+        (found,) = [
+            os.path.relpath(os.path.join(root, f), storage.result_path)
+            for root, _, files in os.walk(storage.result_path)
+            for f in files
+        ]
         # md5('key') = 3c6e0b8a9c15224a8228b9a98ca1531d
-        assert found.split(os.sep) == list('3c6e'[:levels]) + [
-            '3c6e0b8a9c15224a8228b9a98ca1531d']
+        assert found.split(os.sep) == list('3c6e'[:levels]) + ['3c6e0b8a9c15224a8228b9a98ca1531d']
 
 
 def test_result_items_have_str_keys_and_flush_results(storage):
@@ -266,7 +290,10 @@ def test_flush_all(storage):
     storage.incr('c')
     storage.flush_all()
     assert (storage.queue_size(), storage.schedule_size(), storage.result_store_size()) == (
-        0, 0, 0)
+        0,
+        0,
+        0,
+    )
     assert storage.incr('c') == 1
 
 
@@ -281,6 +308,7 @@ def test_wait_result(storage):
 
 
 # -- waking and the GIL ------------------------------------------------------------------------
+
 
 def test_dequeue_wait_times_out_without_holding_the_gil(storage):
     ticks = 0
@@ -319,7 +347,8 @@ def median_wake_latency(consumer, send, rounds=40):
 def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(tmp_path):
     path = str(tmp_path)
     storage = FileStorage('test', path)
-    consumer = run_child('''
+    consumer = run_child(
+        """
         import sys, time
         from huey.storage import FileStorage
         storage = FileStorage('test', sys.argv[1])
@@ -327,17 +356,29 @@ def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(tmp_path):
             print('ready', flush=True)
             data = storage.dequeue_wait(10)
             print(time.time() - float(data), flush=True)
-    ''', path)
+    """,
+        path,
+    )
     ours = median_wake_latency(consumer, lambda stamp: storage.enqueue(stamp.encode()))
     # The same hand-off through a pipe: what this machine's scheduler alone costs right now
     # (on a loaded machine a woken process can wait a whole time slice for a CPU).
-    piped = subprocess.Popen([sys.executable, '-c', textwrap.dedent('''
+    piped = subprocess.Popen(
+        [
+            sys.executable,
+            '-c',
+            textwrap.dedent("""
         import sys, time
         for _ in range(40):
             print('ready', flush=True)
             line = sys.stdin.readline()
             print(time.time() - float(line), flush=True)
-    ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def send(stamp):
         piped.stdin.write(stamp + '\n')
@@ -387,50 +428,12 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
 
 # -- many processes ----------------------------------------------------------------------------
 
-PRODUCER = '''
-    import sys
-    from huey.storage import FileStorage
-    storage = FileStorage('test', sys.argv[1])
-    me, count = int(sys.argv[2]), int(sys.argv[3])
-    for i in range(count):
-        storage.enqueue(b'%d-%d' % (me, i), priority=i % 3)
-'''
-
-CONSUMER = '''
-    import sys
-    from huey.storage import FileStorage
-    storage = FileStorage('test', sys.argv[1])
-    got = []
-    while True:
-        data = storage.dequeue_wait(1.0)
-        if data == b'stop':
-            break
-        if data is not None:
-            got.append(data.decode())
-    print('\\n'.join(got))
-'''
-
-
-def test_four_producers_and_four_consumers_deliver_every_task_exactly_once(tmp_path):
-    path, per_producer = str(tmp_path), 5000
-    consumers = [run_child(CONSUMER, path) for _ in range(4)]
-    producers = [run_child(PRODUCER, path, p, per_producer) for p in range(4)]
-    for producer in producers:
-        finish(producer)
-    storage = FileStorage('test', path)
-    # Priority 0 and FIFO: every stop lands after every task already enqueued.
-    for _ in consumers:
-        storage.enqueue(b'stop', 0)
-    delivered = [line for c in consumers for line in finish(c).split('\n') if line]
-    expected = {f'{p}-{i}' for p in range(4) for i in range(per_producer)}
-    assert len(delivered) == len(expected) == 20000
-    assert set(delivered) == expected
-    assert storage.queue_size() == 0
+# (Four producers and four consumers on one directory: tests/test_storage_contract.py.)
 
 
 def test_counters_and_put_if_empty_are_atomic_across_processes(tmp_path):
     path = str(tmp_path)
-    code = '''
+    code = """
         import sys
         from huey.storage import FileStorage
         storage = FileStorage('test', sys.argv[1])
@@ -438,7 +441,7 @@ def test_counters_and_put_if_empty_are_atomic_across_processes(tmp_path):
             storage.incr('hits')
         won = [storage.put_if_empty('lock-%d' % i, sys.argv[2].encode()) for i in range(50)]
         print(sum(won))
-    '''
+    """
     workers = [run_child(code, path, w) for w in range(4)]
     wins = sum(int(finish(w)) for w in workers)
     storage = FileStorage('test', path)
@@ -448,15 +451,16 @@ def test_counters_and_put_if_empty_are_atomic_across_processes(tmp_path):
 
 # -- killed processes --------------------------------------------------------------------------
 
+
 def payload(i):
     """A message big enough for a killed write to be caught half done, and self-checking."""
     return b'%08d' % i * 4096
 
 
-def test_producer_killed_mid_stream_loses_nothing_it_reported_and_shows_nothing_partial(
-        tmp_path):
+def test_producer_killed_mid_stream_loses_nothing_it_reported_and_shows_nothing_partial(tmp_path):
     path = str(tmp_path)
-    producer = run_child('''
+    producer = run_child(
+        """
         import datetime, sys
         from huey.storage import FileStorage
         storage = FileStorage('test', sys.argv[1])
@@ -466,7 +470,9 @@ def test_producer_killed_mid_stream_loses_nothing_it_reported_and_shows_nothing_
             storage.add_to_schedule(b'%08d' % i * 4096, datetime.datetime(2000, 1, 1))
             print(i, flush=True)
             i += 1
-    ''', path)
+    """,
+        path,
+    )
     for _ in range(300):
         reported = int(producer.stdout.readline())
     producer.send_signal(signal.SIGKILL)
@@ -485,20 +491,22 @@ def test_producer_killed_mid_stream_loses_nothing_it_reported_and_shows_nothing_
     assert storage.dequeue() == b'after'
 
 
-def test_consumer_killed_mid_stream_never_duplicates_and_loses_at_most_its_current_task(
-        tmp_path):
+def test_consumer_killed_mid_stream_never_duplicates_and_loses_at_most_its_current_task(tmp_path):
     path = str(tmp_path)
     storage = FileStorage('test', path)
     for i in range(2000):
         storage.enqueue(payload(i))
-    consumer = run_child('''
+    consumer = run_child(
+        """
         import sys
         from huey.storage import FileStorage
         storage = FileStorage('test', sys.argv[1])
         while True:
             data = storage.dequeue()
             print(int(data[:8]), flush=True)
-    ''', path)
+    """,
+        path,
+    )
     received = [int(consumer.stdout.readline()) for _ in range(500)]
     consumer.send_signal(signal.SIGKILL)
     consumer.wait()
@@ -513,6 +521,7 @@ def test_consumer_killed_mid_stream_never_duplicates_and_loses_at_most_its_curre
 
 
 # -- cost does not grow with depth -------------------------------------------------------------
+
 
 def pair_cost(storage, pairs=2000):
     best = float('inf')

@@ -80,8 +80,17 @@ class TestInterface:
 
 class TestQueue:
     def test_higher_priority_first_fifo_within(self, storage):
-        entries = [(b'a', None), (b'b', 1), (b'c', -1), (b'd', 0), (b'e', 1),
-                   (b'f', 2.5), (b'g', -0.0), (b'h', -1.5), (b'i', 10**6)]
+        entries = [
+            (b'a', None),
+            (b'b', 1),
+            (b'c', -1),
+            (b'd', 0),
+            (b'e', 1),
+            (b'f', 2.5),
+            (b'g', -0.0),
+            (b'h', -1.5),
+            (b'i', 10**6),
+        ]
         for data, priority in entries:
             storage.enqueue(data, priority)
         expected = [b'i', b'f', b'b', b'e', b'a', b'd', b'g', b'c', b'h']
@@ -268,8 +277,11 @@ def test_flush_all(storage):
     storage.put_data('k', b'v')
     storage.incr('c')
     storage.flush_all()
-    assert (storage.queue_size(), storage.schedule_size(), storage.result_store_size()) == (0,
-                                                                                            0, 0)
+    assert (storage.queue_size(), storage.schedule_size(), storage.result_store_size()) == (
+        0,
+        0,
+        0,
+    )
     assert storage._counters == {}
 
 
@@ -296,7 +308,13 @@ class TestWaiting:
         assert storage.dequeue_wait(0.05) is None
         assert time.monotonic() - begin >= 0.05
         assert storage.dequeue_wait(0) is None
-        assert storage.dequeue_wait(-1) is None
+
+    @pytest.mark.parametrize('timeout', [-1, -0.001, float('nan'), float('inf'), float('-inf')])
+    def test_wait_timeouts_must_be_finite_and_non_negative(self, storage, timeout):
+        with pytest.raises(ValueError, match='timeout must be a finite number of seconds'):
+            storage.dequeue_wait(timeout)
+        with pytest.raises(ValueError, match='timeout must be a finite number of seconds'):
+            storage.wait_result('k', timeout)
 
     def test_dequeue_wait_returns_queued_item_at_once(self, storage):
         storage.enqueue(b'ready')
@@ -504,10 +522,10 @@ class StorageModel(RuleBasedStateMachine):
         assert s.result_store_size() == len(self.results)
         assert s.result_items() == self.results
         assert s.peek_many(['a', 'b', b'a']) == {
-            k: self.results[k] for k in ['a', 'b', b'a'] if k in self.results}
+            k: self.results[k] for k in ['a', 'b', b'a'] if k in self.results
+        }
         assert s._counters == self.counters
 
 
-StorageModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
-                                          deadline=None)
+StorageModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestStorageModel = StorageModel.TestCase

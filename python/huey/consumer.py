@@ -8,33 +8,32 @@ others are polled with exponential backoff, as huey does.
 """
 
 import atexit
-import contextlib
 import logging
-import multiprocessing
 import os
 import random
-import select
 import signal
 import sys
-import threading
 import time
 
-try:
-    import gevent
-    from gevent import Greenlet, monkey
-    from gevent.event import Event as GreenEvent
-except ImportError:
-    gevent = Greenlet = GreenEvent = monkey = None
+from huey._implementation import IMPLEMENTATION
+from huey.constants import WORKER_THREAD, WORKER_TYPES
+from huey.environments import (
+    MAX_STORAGE_WAIT,
+    WORKER_TO_ENVIRONMENT,
+    GreenletEnvironment,
+    ThreadEnvironment,
+)
+from huey.exceptions import ConfigurationError
+from huey.monitor import Monitor
+from huey.periodic import PeriodicPlanner
 
-from huey.constants import WORKER_GREENLET, WORKER_PROCESS, WORKER_THREAD, WORKER_TYPES
-from huey.exceptions import ConfigurationError, TaskTimeout
-from huey.reliable import crashpoint
-from huey.utils import noop_context
+# Re-exported: huey 3.5.4 defined these here.
+from huey.constants import WORKER_GREENLET, WORKER_PROCESS  # noqa: F401
+from huey.environments import Environment, ForkSafeFlag, ProcessEnvironment  # noqa: F401
+from huey.exceptions import TaskTimeout  # noqa: F401
+from huey.utils import noop_context  # noqa: F401
 
 logger = logging.getLogger('huey.consumer')
-
-# The longest a worker waits inside the storage before looking at the stop flag again.
-MAX_STORAGE_WAIT = 0.5
 
 
 class ConsumerStopped(Exception):
@@ -107,7 +106,7 @@ class Worker(BaseProcess):
 
     def _waits_in_storage(self):
         storage = self.huey.storage
-        return self.storage_wait and not storage.blocking and getattr(storage, 'wakeup', False)
+        return self.storage_wait and storage.wakeup and not storage.blocking
 
     def loop(self, now=None):
         try:
@@ -124,8 +123,9 @@ class Worker(BaseProcess):
             self.sleep(jitter=True)
             return
         if self.read_failures:
-            self._logger.info('Queue reachable again after %d failed attempt(s).',
-                              self.read_failures)
+            self._logger.info(
+                'Queue reachable again after %d failed attempt(s).', self.read_failures
+            )
             self.read_failures = 0
         if task is None:
             if not self.huey.storage.blocking and not self._waits_in_storage():
@@ -150,11 +150,13 @@ class Worker(BaseProcess):
 
 
 class Scheduler(BaseProcess):
-    """Every ``interval`` seconds moves due tasks to the queue; once a minute, on the
-    minute, enqueues the periodic tasks whose crontab matches."""
+    """Every ``interval`` seconds moves due tasks to the queue; in the first pass of each
+    minute (of ``huey._get_timestamp()``, the clock tests replace) enqueues the periodic task
+    runs its ``periodic_planner`` wins: each due minute once across consumers."""
 
     periodic_task_seconds = 60
     process_name = 'Scheduler'
+    monitor = None  # the consumer's huey.monitor.Monitor: heartbeats, off the task path
 
     def __init__(self, huey, stop_flag, interval, periodic):
         super().__init__(huey, stop_flag)
@@ -163,6 +165,8 @@ class Scheduler(BaseProcess):
         self._next_loop = time.monotonic()
         self._next_periodic = time.monotonic()
         self._last_periodic_minute = None
+        # The Consumer replaces it with the one all its schedulers share.
+        self.periodic_planner = PeriodicPlanner(huey)
 
     def loop(self, now=None):
         current = self._next_loop
@@ -176,46 +180,47 @@ class Scheduler(BaseProcess):
                 self.huey.recover_expired()
             except Exception:
                 self._logger.exception('Error recovering expired leases.')
+        if now is None:
+            now = self.huey._get_timestamp()  # one reading of the clock per pass
         self.move_due_tasks(now)
-        if self.periodic and self._next_periodic <= time.monotonic():
+        if self.periodic:
             self.check_periodic(now)
+        if self.monitor is not None:
+            self.monitor.tick()
         self.sleep_for_interval(current, self.interval)
 
+    def shutdown(self):
+        if self.monitor is not None:
+            self.monitor.final_beat()
+
     def move_due_tasks(self, now=None):
-        """Move due scheduled tasks to the queue: inside the storage in one atomic step
-        where it can, else read the schedule and enqueue each task."""
+        """Move due scheduled tasks to the queue (``Huey.move_due_to_queue``: each task's
+        SIGNAL_ENQUEUED goes out before a worker can take it; crash-safe where the storage
+        can)."""
         try:
             moved = self.huey.move_due_to_queue(now)
         except Exception:
             self._logger.exception('Error moving due tasks to the queue.')
             return
-        if moved is not None:
-            for task in moved:
-                self._logger.debug('Enqueued %s', task)
-            return
-        try:
-            due = self.huey.read_schedule(now)
-        except Exception:
-            self._logger.exception('Error reading schedule.')
-            return
-        if due:
-            crashpoint('mid_schedule_move')
-        for task in due:
-            self._enqueue(task, 'Error enqueueing %s.')
+        for task in moved:
+            self._logger.debug('Enqueued %s', task)
 
     def check_periodic(self, now=None):
-        """Enqueue this minute's periodic tasks, unless this minute was already checked."""
+        """Enqueue this minute's periodic tasks, unless this minute was already checked.
+
+        The clock's minute decides, not the time since the last check: every consumer checks
+        right after each minute begins, so their claims on it meet while they are fresh, and
+        a slewed clock or loop jitter can neither check one minute twice nor skip one.
+        """
         if now is None:
             now = self.huey._get_timestamp()
         minute = now.replace(second=0, microsecond=0)
         if minute == self._last_periodic_minute:
-            # The scheduler's monotonic clock says a minute has passed but the wall clock
-            # has not left the minute it last checked (loop jitter, a slewed clock).
-            # Firing now would run those tasks twice and skip the next minute; retry on
-            # the next pass instead, which also realigns the checks to the minute boundary.
             return
         self._last_periodic_minute = minute
-        # After a stall, skip the missed minutes rather than firing them all at once.
+        # When the next check is due at the latest; kept for code written against huey 3.5.4
+        # that reads it. After a stall the missed checks are not made one by one: the planner
+        # catches up the tasks that ask for it.
         while self._next_periodic <= time.monotonic():
             self._next_periodic += self.periodic_task_seconds
         self.enqueue_periodic_tasks(now)
@@ -229,185 +234,9 @@ class Scheduler(BaseProcess):
 
     def enqueue_periodic_tasks(self, now):
         self._logger.debug('Checking periodic tasks')
-        for task in self.huey.read_periodic(now):
+        for task in self.periodic_planner.due(now):
             self._logger.info('Enqueueing periodic task %s.', task)
             self._enqueue(task, 'Error enqueueing periodic task %s.')
-
-
-class ForkSafeFlag:
-    """A stop flag forked workers can share: a pipe that becomes readable once set
-    (a multiprocessing.Event can be left locked by a killed process)."""
-
-    def __init__(self):
-        self._r, self._w = os.pipe()
-
-    def set(self):
-        if not self.is_set():
-            os.write(self._w, b'x')
-
-    def is_set(self):
-        return self.wait(0)
-
-    def wait(self, timeout=None):
-        poller = select.poll()
-        poller.register(self._r, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else timeout * 1000))
-
-
-class Environment:
-    """How workers are created, checked, timed out and interrupted for one worker type."""
-
-    forks = False
-
-    def __init__(self, graceful=signal.SIGINT, interrupt=signal.SIGTERM):
-        self.graceful = graceful
-        self.interrupt = interrupt
-
-    def get_stop_flag(self):
-        raise NotImplementedError
-
-    def create_process(self, runnable, name):
-        raise NotImplementedError
-
-    def init_child(self, process):
-        pass
-
-    def is_alive(self, proc):
-        raise NotImplementedError
-
-    def timeout(self, seconds):
-        return noop_context()
-
-    def interrupt_workers(self, procs):
-        pass
-
-
-class ThreadEnvironment(Environment):
-    """Threads: timeouts are cooperative (``task.check_timeout()``)."""
-
-    def get_stop_flag(self):
-        return threading.Event()
-
-    def create_process(self, runnable, name):
-        return threading.Thread(target=runnable, name=name, daemon=True)
-
-    def is_alive(self, proc):
-        return proc.is_alive()
-
-    def join_at_exit(self, procs, stop_flag):
-        """Stop idle workers before the interpreter finalizes: a daemon thread still
-        waiting inside native code when Python shuts down would abort the process."""
-        stop_flag.set()
-        deadline = time.monotonic() + 2 * MAX_STORAGE_WAIT
-        for proc in procs:
-            proc.join(max(deadline - time.monotonic(), 0))
-
-
-class GreenletEnvironment(Environment):
-    """gevent greenlets: timeouts enforced with ``gevent.Timeout``."""
-
-    def __init__(self, *args):
-        if Greenlet is None:
-            raise ConfigurationError('The "greenlet" worker type needs gevent: '
-                                     'pip install gevent')
-        if not monkey.is_module_patched('socket'):
-            logger.warning('Gevent monkey-patch has not been applied, this may result in '
-                           'incorrect or unpredictable behavior.')
-        super().__init__(*args)
-
-    def get_stop_flag(self):
-        return GreenEvent()
-
-    def create_process(self, runnable, name):
-        def run():
-            try:
-                gevent.sleep()
-                runnable()
-            except KeyboardInterrupt:
-                pass
-        return Greenlet(run=run)
-
-    def is_alive(self, proc):
-        return not proc.dead
-
-    @contextlib.contextmanager
-    def timeout(self, seconds):
-        timer = gevent.Timeout(seconds, TaskTimeout(f'timeout ({seconds}s)'))
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-
-    def interrupt_workers(self, procs):
-        gevent.killall(procs, KeyboardInterrupt)
-
-
-class ProcessEnvironment(Environment):
-    """Forked processes: timeouts enforced with SIGALRM."""
-
-    forks = True
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        try:
-            self.mp = multiprocessing.get_context('fork')
-        except ValueError:
-            raise ConfigurationError('The "process" worker type requires the fork() '
-                                     'start-method and cannot be used on this platform.'
-                                     ) from None
-
-    def get_stop_flag(self):
-        return ForkSafeFlag()
-
-    def create_process(self, runnable, name):
-        return self.mp.Process(target=runnable, name=name, daemon=True)
-
-    def init_child(self, process):
-        def interrupt(signum, frame):
-            # Only a running task is interrupted; an idle worker exits via the stop flag.
-            if process.huey._tasks_in_flight:
-                raise KeyboardInterrupt
-
-        signal.signal(self.graceful, signal.SIG_IGN)
-        signal.signal(self.interrupt, interrupt)
-        if hasattr(signal, 'SIGHUP'):
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def is_alive(self, proc):
-        return proc.is_alive()
-
-    @contextlib.contextmanager
-    def timeout(self, seconds):
-        def on_alarm(signum, frame):
-            raise TaskTimeout(f'timeout ({seconds}s)')
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    def interrupt_workers(self, procs):
-        for proc in procs:
-            if proc.is_alive():
-                try:
-                    os.kill(proc.pid, self.interrupt)
-                except OSError:
-                    pass
-        deadline = time.monotonic() + 1
-        for proc in procs:
-            proc.join(max(deadline - time.monotonic(), 0))
-
-
-WORKER_TO_ENVIRONMENT = {
-    WORKER_THREAD: ThreadEnvironment,
-    WORKER_GREENLET: GreenletEnvironment,
-    'gevent': GreenletEnvironment,
-    WORKER_PROCESS: ProcessEnvironment,
-}
 
 
 class Consumer:
@@ -418,21 +247,38 @@ class Consumer:
     worker_class = Worker
     scheduler_class = Scheduler
 
-    def __init__(self, huey, workers=1, periodic=True, initial_delay=0.1, backoff=1.15,
-                 max_delay=10.0, scheduler_interval=1, worker_type=WORKER_THREAD,
-                 check_worker_health=True, health_check_interval=10, flush_locks=False,
-                 extra_locks=None, max_tasks=None, shutdown_timeout=None,
-                 graceful_signal='INT'):
+    def __init__(
+        self,
+        huey,
+        workers=1,
+        periodic=True,
+        initial_delay=0.1,
+        backoff=1.15,
+        max_delay=10.0,
+        scheduler_interval=1,
+        worker_type=WORKER_THREAD,
+        check_worker_health=True,
+        health_check_interval=10,
+        flush_locks=False,
+        extra_locks=None,
+        max_tasks=None,
+        shutdown_timeout=None,
+        graceful_signal='INT',
+        metrics=None,
+    ):
         self._logger = logging.getLogger('huey.consumer')
         if huey.immediate:
-            self._logger.warning('Consumer initialized with Huey instance that has '
-                                 '"immediate" mode enabled. This must be disabled before '
-                                 'the consumer can be run.')
+            self._logger.warning(
+                'Consumer initialized with Huey instance that has '
+                '"immediate" mode enabled. This must be disabled before '
+                'the consumer can be run.'
+            )
         if not isinstance(workers, int) or workers < 1:
             raise ConfigurationError(f'workers must be a positive integer, got {workers!r}')
         if graceful_signal not in ('INT', 'TERM'):
-            raise ConfigurationError(f"graceful_signal must be 'INT' or 'TERM', got "
-                                     f'{graceful_signal!r}')
+            raise ConfigurationError(
+                f"graceful_signal must be 'INT' or 'TERM', got {graceful_signal!r}"
+            )
         if max_tasks and not check_worker_health:
             raise ConfigurationError('max_tasks requires check_worker_health be enabled.')
         self.huey = huey
@@ -447,8 +293,9 @@ class Consumer:
 
         self.scheduler_interval = max(min(scheduler_interval, 60), 1)
         if 60 % self.scheduler_interval != 0:
-            raise ConfigurationError('Scheduler interval must be a factor of 60, e.g. 1, 2, '
-                                     '3, 4, 5, 6, 10, 12...')
+            raise ConfigurationError(
+                'Scheduler interval must be a factor of 60, e.g. 1, 2, 3, 4, 5, 6, 10, 12...'
+            )
         self.worker_type = worker_type
         self._stop_flag_timeout = 0.1
         self._health_check = check_worker_health
@@ -472,6 +319,15 @@ class Consumer:
         self.environment = self.get_environment(worker_type)
         self.huey._timeout_handler = self.environment.timeout
         self.stop_flag = self.environment.get_stop_flag()
+        # Outcome tally and heartbeats for operators; ``metrics``: 'host:port' to serve
+        # OpenMetrics on (huey.metrics).
+        self.metrics = metrics
+        self.monitor = Monitor(
+            huey, workers, worker_type, periodic, self.scheduler_interval, self.environment.forks
+        )
+
+        # The name this consumer claims periodic runs under, whichever scheduler it starts.
+        self.periodic_planner = PeriodicPlanner(huey)
 
         # A consumer killed while a task held a lock would leave it held forever.
         if flush_locks or extra_locks:
@@ -492,27 +348,41 @@ class Consumer:
 
     def get_environment(self, worker_type):
         if worker_type not in WORKER_TO_ENVIRONMENT:
-            raise ValueError(f'worker_type must be one of {", ".join(WORKER_TYPES)}, got '
-                             f'{worker_type!r}.')
+            raise ValueError(
+                f'worker_type must be one of {", ".join(WORKER_TYPES)}, got {worker_type!r}.'
+            )
         return WORKER_TO_ENVIRONMENT[worker_type](self._graceful_sig, self._interrupt_sig)
 
     def _create_worker(self):
         worker = self.worker_class(
-            huey=self.huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
-            max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks)
+            huey=self.huey,
+            stop_flag=self.stop_flag,
+            default_delay=self.default_delay,
+            max_delay=self.max_delay,
+            backoff=self.backoff,
+            max_tasks=self.max_tasks,
+        )
         worker.storage_wait = not isinstance(self.environment, GreenletEnvironment)
         return worker
 
     def _create_scheduler(self):
-        return self.scheduler_class(
-            huey=self.huey, stop_flag=self.stop_flag, interval=self.scheduler_interval,
-            periodic=self.periodic)
+        scheduler = self.scheduler_class(
+            huey=self.huey,
+            stop_flag=self.stop_flag,
+            interval=self.scheduler_interval,
+            periodic=self.periodic,
+        )
+        scheduler.monitor = self.monitor
+        scheduler.periodic_planner = self.periodic_planner
+        return scheduler
 
     def _create_process(self, process, name):
         """Wrap ``process`` so that its loop runs until stop; an exception ends it (and
         the health check replaces it)."""
+
         def run():
             self.environment.init_child(process)
+            self.monitor.worker_started()
             try:
                 process.initialize()
                 while not self.stop_flag.is_set():
@@ -528,23 +398,39 @@ class Consumer:
                     process.shutdown()
                 except KeyboardInterrupt:
                     pass
+                self.monitor.worker_stopped()
+
         return self.environment.create_process(run, name)
 
     def start(self):
         """Start the scheduler and workers and install the signal handlers."""
         if self.huey.immediate:
-            raise ConfigurationError('Consumer cannot be run with Huey instances where '
-                                     'immediate is enabled. Please check your configuration '
-                                     'and ensure that "huey.immediate = False".')
-        self._logger.info('Huey consumer started with %s %s, PID %s at %s', self.workers,
-                          self.worker_type, os.getpid(), self.huey._get_timestamp())
+            raise ConfigurationError(
+                'Consumer cannot be run with Huey instances where '
+                'immediate is enabled. Please check your configuration '
+                'and ensure that "huey.immediate = False".'
+            )
+        self._logger.info(
+            'Huey consumer started with %s %s, PID %s at %s (%s %s, reliable mode %s)',
+            self.workers,
+            self.worker_type,
+            os.getpid(),
+            self.huey._get_timestamp(),
+            *IMPLEMENTATION,
+            'on' if self.huey.reliable else 'off',
+        )
         self._logger.info('Scheduler runs every %s second(s).', self.scheduler_interval)
-        self._logger.info('Periodic tasks are %s.',
-                          'enabled' if self.periodic else 'disabled')
+        if self.periodic:
+            self._logger.info(
+                'Periodic tasks are enabled (claimed as %s).', self.periodic_planner.owner
+            )
+        else:
+            self._logger.info('Periodic tasks are disabled.')
         commands = ['The following commands are available:']
         commands.extend(f'+ {name}' for name in self.huey._registry._registry)
         self._logger.info('\n'.join(commands))
 
+        self.monitor.start()
         if self.environment.forks:
             self.huey.storage.close()  # children must not share the parent's connection
         # Before any worker runs: a signal sent while they start (an on_startup hook, a
@@ -554,6 +440,9 @@ class Consumer:
         self.scheduler.start()
         for _, process in self.worker_threads:
             process.start()
+        if self.metrics:
+            server = self.monitor.serve_metrics(self.metrics)
+            self._logger.info('Serving OpenMetrics at %s', server.url)
         if isinstance(self.environment, ThreadEnvironment):
             atexit.register(self._join_at_exit)
 
@@ -577,8 +466,9 @@ class Consumer:
             if finished:
                 self._logger.info('All workers have stopped.')
                 return
-            self._logger.warning('Shutdown timeout of %ss elapsed, interrupting workers.',
-                                 self.shutdown_timeout)
+            self._logger.warning(
+                'Shutdown timeout of %ss elapsed, interrupting workers.', self.shutdown_timeout
+            )
         self._interrupt_workers()
         self._logger.info('Shutting down')
 
@@ -604,6 +494,7 @@ class Consumer:
             except ConsumerStopped:
                 break
         self.huey.notify_interrupted_tasks()
+        self.monitor.close()
         if self._restart:
             self._logger.info('Consumer will restart.')
             os.execl(sys.executable, sys.executable, *sys.argv)

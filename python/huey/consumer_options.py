@@ -24,6 +24,7 @@ config_defaults = (
     ('max_tasks', None),
     ('shutdown_timeout', None),
     ('graceful_signal', 'INT'),
+    ('metrics', None),
 )
 config_keys = [name for name, _ in config_defaults]
 
@@ -45,71 +46,136 @@ class OptionParserHandler:
 
     def get_worker_options(self):
         return (
-            option('workers', type='int',
-                   help='number of worker threads/processes (default=1)'),
-            option(('k', 'worker-type'), choices=WORKER_TYPES, dest='worker_type',
-                   help='worker execution model (thread, greenlet, process). Use process '
-                        'for CPU-intensive workloads, and greenlet for IO-heavy workloads. '
-                        'When in doubt, thread is the safest choice.'),
-            option('delay', dest='initial_delay', metavar='SECONDS', type='float',
-                   help='minimum time to wait when polling queue (default=.1)'),
-            option('max_delay', metavar='SECONDS', type='float',
-                   help='maximum time to wait when polling queue (default=10)'),
-            option('backoff', metavar='FACTOR', type='float',
-                   help='factor used to back-off polling interval when queue is empty '
-                        '(default=1.15, must be >= 1)'),
-            option(('c', 'health-check-interval'), type='float',
-                   dest='health_check_interval', metavar='SECONDS',
-                   help='minimum time to wait between worker health checks (default=10)'),
-            option(('C', 'disable-health-check'), action='store_false',
-                   dest='check_worker_health',
-                   help='disable health check that monitors worker health, restarting any '
-                        'worker that crashes unexpectedly.'),
-            option('flush_locks', action='store_true', dest='flush_locks',
-                   help='flush all locks when starting consumer.'),
-            option(('L', 'extra-locks'), dest='extra_locks',
-                   help='additional locks to flush, separated by comma.'),
-            option(('M', 'max-tasks'), dest='max_tasks', metavar='COUNT', type='int',
-                   help='restart worker after it has executed COUNT tasks'),
-            option(('t', 'shutdown-timeout'), dest='shutdown_timeout', metavar='SECONDS',
-                   type='float',
-                   help='seconds to wait for workers to finish on graceful shutdown before '
-                        'interrupting them (default=wait forever)'),
-            option(('g', 'graceful-signal'), dest='graceful_signal', choices=('INT', 'TERM'),
-                   help='signal that triggers graceful shutdown, INT or TERM (default=INT). '
-                        'The other signal interrupts running tasks.'),
+            option('workers', type='int', help='number of worker threads/processes (default=1)'),
+            option(
+                ('k', 'worker-type'),
+                choices=WORKER_TYPES,
+                dest='worker_type',
+                help='worker execution model (thread, greenlet, process). Use process '
+                'for CPU-intensive workloads, and greenlet for IO-heavy workloads. '
+                'When in doubt, thread is the safest choice.',
+            ),
+            option(
+                'delay',
+                dest='initial_delay',
+                metavar='SECONDS',
+                type='float',
+                help='minimum time to wait when polling queue (default=.1)',
+            ),
+            option(
+                'max_delay',
+                metavar='SECONDS',
+                type='float',
+                help='maximum time to wait when polling queue (default=10)',
+            ),
+            option(
+                'backoff',
+                metavar='FACTOR',
+                type='float',
+                help='factor used to back-off polling interval when queue is empty '
+                '(default=1.15, must be >= 1)',
+            ),
+            option(
+                ('c', 'health-check-interval'),
+                type='float',
+                dest='health_check_interval',
+                metavar='SECONDS',
+                help='minimum time to wait between worker health checks (default=10)',
+            ),
+            option(
+                ('C', 'disable-health-check'),
+                action='store_false',
+                dest='check_worker_health',
+                help='disable health check that monitors worker health, restarting any '
+                'worker that crashes unexpectedly.',
+            ),
+            option(
+                'flush_locks',
+                action='store_true',
+                dest='flush_locks',
+                help='flush all locks when starting consumer.',
+            ),
+            option(
+                ('L', 'extra-locks'),
+                dest='extra_locks',
+                help='additional locks to flush, separated by comma.',
+            ),
+            option(
+                ('M', 'max-tasks'),
+                dest='max_tasks',
+                metavar='COUNT',
+                type='int',
+                help='restart worker after it has executed COUNT tasks',
+            ),
+            option(
+                ('t', 'shutdown-timeout'),
+                dest='shutdown_timeout',
+                metavar='SECONDS',
+                type='float',
+                help='seconds to wait for workers to finish on graceful shutdown before '
+                'interrupting them (default=wait forever)',
+            ),
+            option(
+                ('g', 'graceful-signal'),
+                dest='graceful_signal',
+                choices=('INT', 'TERM'),
+                help='signal that triggers graceful shutdown, INT or TERM (default=INT). '
+                'The other signal interrupts running tasks.',
+            ),
+            option(
+                ('P', 'metrics'),
+                dest='metrics',
+                metavar='HOST:PORT',
+                help='serve OpenMetrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9100 '
+                '(needs prometheus_client: pip install huey-rs[metrics])',
+            ),
         )
 
     def get_scheduler_options(self):
         return (
-            option('scheduler_interval', type='int',
-                   help='Granularity of scheduler in seconds.'),
-            option('no_periodic', action='store_false', dest='periodic',
-                   help='do NOT enqueue periodic tasks'),
+            option('scheduler_interval', type='int', help='Granularity of scheduler in seconds.'),
+            option(
+                'no_periodic',
+                action='store_false',
+                dest='periodic',
+                help='do NOT enqueue periodic tasks',
+            ),
         )
 
     def get_logging_options(self):
         return (
             option('logfile', metavar='FILE'),
-            option('verbose', action='store_true',
-                   help='verbose logging (includes DEBUG statements)'),
+            option(
+                'verbose', action='store_true', help='verbose logging (includes DEBUG statements)'
+            ),
             option('quiet', action='store_false', dest='verbose', help='minimal logging'),
-            option(('S', 'simple'), action='store_true', dest='simple_log',
-                   help='simple logging format (time message)'),
+            option(
+                ('S', 'simple'),
+                action='store_true',
+                dest='simple_log',
+                help='simple logging format (time message)',
+            ),
         )
 
     def get_option_parser(self):
         parser = optparse.OptionParser('Usage: %prog [options] path.to.huey_instance')
         groups = (
-            ('Logging', 'The following options pertain to logging.',
-             self.get_logging_options()),
-            ('Workers', 'By default huey uses a single worker thread. To specify a different '
-             'number of workers, or a different execution model (such as multiple processes '
-             'or greenlets), use the options below.', self.get_worker_options()),
-            ('Scheduler', 'By default Huey will run the scheduler once every second to check '
-             'for tasks scheduled in the future, or tasks set to run at specific intervals '
-             '(periodic tasks). Use the options below to configure the scheduler or to '
-             'disable periodic task scheduling.', self.get_scheduler_options()),
+            ('Logging', 'The following options pertain to logging.', self.get_logging_options()),
+            (
+                'Workers',
+                'By default huey uses a single worker thread. To specify a different '
+                'number of workers, or a different execution model (such as multiple processes '
+                'or greenlets), use the options below.',
+                self.get_worker_options(),
+            ),
+            (
+                'Scheduler',
+                'By default Huey will run the scheduler once every second to check '
+                'for tasks scheduled in the future, or tasks set to run at specific intervals '
+                '(periodic tasks). Use the options below to configure the scheduler or to '
+                'disable periodic task scheduling.',
+                self.get_scheduler_options(),
+            ),
         )
         for title, description, options in groups:
             group = parser.add_option_group(title, description)
@@ -131,17 +197,25 @@ class ConsumerConfig(namedtuple('_ConsumerConfig', config_keys)):
         if self.backoff < 1:
             raise ValueError('The backoff must be at least 1.')
         if not (0 < self.scheduler_interval <= 60):
-            raise ValueError('The scheduler must run at least once per minute, and at most '
-                             'once per second (1-60).')
+            raise ValueError(
+                'The scheduler must run at least once per minute, and at most '
+                'once per second (1-60).'
+            )
         if 60 % self.scheduler_interval != 0:
-            raise ValueError('The scheduler interval must be a factor of 60: 1, 2, 3, 4, 5, '
-                             '6, 10, 12, 15, 20, 30, or 60')
+            raise ValueError(
+                'The scheduler interval must be a factor of 60: 1, 2, 3, 4, 5, '
+                '6, 10, 12, 15, 20, 30, or 60'
+            )
         if self.graceful_signal not in ('INT', 'TERM'):
             raise ValueError('The graceful signal must be INT or TERM.')
         if self.workers < 1:
             raise ValueError(f'The number of workers must be at least 1, got {self.workers}.')
         if self.worker_type not in WORKER_TYPES:
             raise ValueError(f'The worker type must be one of {", ".join(WORKER_TYPES)}.')
+        if self.metrics is not None:
+            from huey.metrics import parse_bind
+
+            parse_bind(self.metrics, '--metrics')
 
     @property
     def loglevel(self):
@@ -166,5 +240,8 @@ class ConsumerConfig(namedtuple('_ConsumerConfig', config_keys)):
     @property
     def values(self):
         """The keyword arguments for ``Consumer``."""
-        return {key: getattr(self, key) for key in config_keys
-                if key not in ('logfile', 'verbose', 'simple_log')}
+        return {
+            key: getattr(self, key)
+            for key in config_keys
+            if key not in ('logfile', 'verbose', 'simple_log')
+        }

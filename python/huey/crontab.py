@@ -12,8 +12,7 @@ def _as_spec(field, value):
         return value
     if isinstance(value, int):
         return str(value)
-    raise TypeError(f'crontab {field} must be a str or int, got {type(value).__name__}: '
-                    f'{value!r}')
+    raise TypeError(f'crontab {field} must be a str or int, got {type(value).__name__}: {value!r}')
 
 
 def crontab(minute='*', hour='*', day='*', month='*', day_of_week='*', strict=False):

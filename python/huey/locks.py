@@ -15,6 +15,7 @@ class _Decorator:
         def inner(*args, **kwargs):
             with self:
                 return fn(*args, **kwargs)
+
         return inner
 
 
@@ -54,8 +55,10 @@ class RateLimit(_Decorator):
 
     def __init__(self, huey, name, limit, per, retry=True):
         if limit < 0 or per <= 0:
-            raise ValueError(f'rate limit {name!r} needs limit >= 0 and per > 0, got '
-                             f'limit={limit!r}, per={per!r}')
+            raise ValueError(
+                f'rate limit {name!r} needs limit >= 0 and per > 0, got '
+                f'limit={limit!r}, per={per!r}'
+            )
         self._huey = huey
         self._name = name
         self._limit = limit
@@ -81,8 +84,7 @@ class RateLimit(_Decorator):
             self._huey.storage.delete_counter(self._counter_key)
             self._huey.put(self._window_key, window)
         if self._huey.storage.incr(self._counter_key) > self._limit:
-            raise RateLimitExceeded(self._name, self._time_until_reset(now),
-                                    retry=self._retry)
+            raise RateLimitExceeded(self._name, self._time_until_reset(now), retry=self._retry)
 
     def current_usage(self):
         return self._huey.storage.incr(self._counter_key, 0)

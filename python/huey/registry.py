@@ -9,10 +9,26 @@ from collections import namedtuple
 from huey.exceptions import HueyException
 from huey.utils import ChordConfig
 
-Message = namedtuple('Message', (
-    'id', 'name', 'eta', 'retries', 'retry_delay', 'priority', 'args', 'kwargs',
-    'on_complete', 'on_error', 'expires', 'expires_resolved', 'timeout', 'chord_config',
-    'retry_backoff'))
+Message = namedtuple(
+    'Message',
+    (
+        'id',
+        'name',
+        'eta',
+        'retries',
+        'retry_delay',
+        'priority',
+        'args',
+        'kwargs',
+        'on_complete',
+        'on_error',
+        'expires',
+        'expires_resolved',
+        'timeout',
+        'chord_config',
+        'retry_backoff',
+    ),
+)
 # Fields missing from messages written by older versions read as None.
 Message.__new__.__defaults__ = (None,) * len(Message._fields)
 
@@ -31,9 +47,11 @@ class Registry:
     def register(self, task_class):
         name = self.task_to_string(task_class)
         if name in self._registry:
-            raise ValueError(f'Attempting to register a task with the same identifier as '
-                             f'existing task. Specify a different name= to register this '
-                             f'task. "{name}"')
+            raise ValueError(
+                f'Attempting to register a task with the same identifier as '
+                f'existing task. Specify a different name= to register this '
+                f'task. "{name}"'
+            )
         self._registry[name] = task_class
         self._names[task_class] = name
         if hasattr(task_class, 'validate_datetime'):
@@ -65,15 +83,29 @@ class Registry:
         on_error = task.on_error
         chord_config = task.chord_config
         if chord_config is not None:
-            chord_config = (chord_config.cid, chord_config.size, chord_config.idx,
-                            self.create_message(chord_config.callback))
+            chord_config = (
+                chord_config.cid,
+                chord_config.size,
+                chord_config.idx,
+                self.create_message(chord_config.callback),
+            )
         return Message(
-            task.id, name, task.eta, task.retries, task.retry_delay, task.priority,
-            task.args, kwargs,
+            task.id,
+            name,
+            task.eta,
+            task.retries,
+            task.retry_delay,
+            task.priority,
+            task.args,
+            kwargs,
             None if on_complete is None else self.create_message(on_complete),
             None if on_error is None else self.create_message(on_error),
-            task.expires, task.expires_resolved, task.timeout, chord_config,
-            task.retry_backoff)
+            task.expires,
+            task.expires_resolved,
+            task.timeout,
+            chord_config,
+            task.retry_backoff,
+        )
 
     def create_task(self, message):
         task_class = self.string_to_task(message.name)
@@ -84,11 +116,21 @@ class Registry:
             cid, size, idx, callback = chord_config
             chord_config = ChordConfig(cid, size, idx, self.create_task(callback))
         return task_class(
-            message.args, message.kwargs, message.id, message.eta, message.retries,
-            message.retry_delay, message.priority, message.expires,
+            message.args,
+            message.kwargs,
+            message.id,
+            message.eta,
+            message.retries,
+            message.retry_delay,
+            message.priority,
+            message.expires,
             None if on_complete is None else self.create_task(on_complete),
             None if on_error is None else self.create_task(on_error),
-            message.expires_resolved, message.timeout, chord_config, message.retry_backoff)
+            message.expires_resolved,
+            message.timeout,
+            chord_config,
+            message.retry_backoff,
+        )
 
     @property
     def periodic_tasks(self):

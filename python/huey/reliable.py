@@ -2,17 +2,33 @@
 
 huey pops a message before running it, so a consumer killed mid-task loses it. In reliable
 mode a dequeue instead *moves* the message, atomically, into an in-flight area of the
-storage under a fresh delivery token with a lease (Sqlite: the ``huey_inflight`` table,
-File: ``inflight/{token}`` files, Redis: ``huey.inflight.*`` / ``huey.lease.*`` keys; see
-each storage). Then:
+storage under a fresh delivery token with a lease (the storage methods ``dequeue_reliable``,
+``renew_leases``, ``ack``, ``recover_expired`` and ``inflight_items`` declared on
+``BaseStorage``; Sqlite: the ``huey_rs_inflight`` table, File: ``inflight/{token}`` files,
+Redis: ``huey.inflight.*`` / ``huey.lease.*`` keys). Then:
 
-- every process running tasks keeps one ``Deliveries`` object: the tokens it holds and a
+- the task carries a ``Delivery`` (its token and delivery count) in ``Task.delivery``;
+- just before the task runs, its entry is charged the delivery (``mark_started``): a
+  consumer that dies holding messages it had not started yet (fetched, or waiting for its
+  turn) sends them back to the queue uncharged;
+- every process running tasks keeps one ``Leases`` object: the tokens it holds and a
   daemon thread renewing all their leases in one storage call every ``lease / 3`` seconds;
 - the run ends with an ack (the in-flight entry is deleted) after its result, continuation
   (pipeline / chord / on_error) and retry re-enqueue were written;
 - any consumer's scheduler puts entries whose lease expired back in the queue with their
   delivery count, or, once delivered ``max_deliveries`` times, hands them to the
   dead-letter queue, inside the same storage step as the recovery.
+
+How the cap applies when one crash takes several tasks (thread or greenlet workers, where
+every task of a process dies with it): the crash charges each task that had started in
+that process, since storage cannot tell which one killed it. A task that was charged
+before (delivery count above 1) then runs alone: its worker waits until no other task
+runs in the process, and no other task starts there until it ends. So a task that kills
+its consumer is charged by every later crash, each time alone, and reaches
+``max_deliveries``; a task that only ran beside it is charged once, then runs alone and
+completes. With ``max_deliveries=1`` that single charge is already the cap: with thread
+workers keep ``max_deliveries`` at 2 or more (the default is 3). Process workers run one
+task per process, so a crash charges only its own task.
 
 Fencing: before writing anything after the task body returns, the run renews its own lease
 (``renew_leases([token]) == 1``). A run whose entry was already recovered (lease expired,
@@ -23,11 +39,17 @@ that passed the check but then stalled for longer than a whole lease before its 
 Leases use each host's wall clock: consumers on several hosts need synchronised clocks.
 """
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import uuid
+
+from huey import signals as S
+from huey.exceptions import ConfigurationError
+from huey.storage import CySqliteStorage, FileStorage, PostgresStorage, RedisStorage, SqliteStorage
+from huey.storage.base import over_cap_reason
 
 logger = logging.getLogger('huey.reliable')
 
@@ -49,8 +71,82 @@ def crashpoint(name):
         os._exit(CRASH_EXIT_CODE)
 
 
-class Deliveries:
-    """The in-flight deliveries of one process, and the thread renewing their leases."""
+# Named in the error for reliable=True on a storage without reliable delivery.
+_STORAGES = (SqliteStorage, CySqliteStorage, PostgresStorage, FileStorage, RedisStorage)
+
+
+def check_storage(huey):
+    """``reliable=True`` on a storage without ``reliable_delivery`` is a configuration error
+    (unless immediate mode runs every task in-process on memory storage)."""
+    if huey._reliable is None or huey.storage.reliable_delivery:
+        return
+    if huey.immediate and huey.immediate_use_memory:
+        return
+    supported = ', '.join(cls.__name__ for cls in _STORAGES if cls.reliable_delivery)
+    raise ConfigurationError(
+        f'reliable=True needs a storage with reliable delivery, and '
+        f'{type(huey.storage).__name__} has none (storages that have it: {supported}). '
+        f'Use one of those, or drop reliable=True.'
+    )
+
+
+class Delivery:
+    """One delivery of a task's message in reliable mode: the token its in-flight entry is
+    kept under, how many deliveries are charged to the message counting this one (earlier
+    ones were charged because their task had started when its process died; above 1, the
+    task runs alone), and whether this run still owns the entry (False once it lost its
+    lease or was interrupted)."""
+
+    __slots__ = ('token', 'count', 'owned')
+
+    def __init__(self, token, count):
+        self.token = token
+        self.count = count
+        self.owned = True
+
+    def __repr__(self):
+        state = '' if self.owned else ', lost'
+        return f'<Delivery {self.token} #{self.count}{state}>'
+
+
+class RunTurns:
+    """Whose turn it is to run in this process: any number of tasks together, or one task
+    alone (a task charged by an earlier crash, see the module docstring). A task waiting
+    to run alone goes before tasks arriving after it, so it cannot wait forever."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._running = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextlib.contextmanager
+    def turn(self, alone):
+        with self._cond:
+            if alone:
+                self._waiting_alone += 1
+                try:
+                    self._cond.wait_for(lambda: not self._running and not self._alone)
+                finally:
+                    self._waiting_alone -= 1
+                self._alone = True
+            else:
+                self._cond.wait_for(lambda: not self._alone and not self._waiting_alone)
+                self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if alone:
+                    self._alone = False
+                else:
+                    self._running -= 1
+                self._cond.notify_all()
+
+
+class Leases:
+    """The in-flight deliveries of one process, the thread renewing their leases, and the
+    turns of the tasks it runs."""
 
     def __init__(self, storage, lease):
         self.storage = storage
@@ -58,20 +154,19 @@ class Deliveries:
         self.pid = os.getpid()
         self.consumer = f'{socket.gethostname()}:{self.pid}:{uuid.uuid4().hex[:8]}'
         self.tokens = set()
+        self.turns = RunTurns()
         self._stop = threading.Event()
         self._thread = None
         self._lock = threading.Lock()
-
-    def new_token(self):
-        return uuid.uuid4().hex
 
     def hold(self, token):
         self.tokens.add(token)
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._renew_loop, daemon=True,
-                                                    name='huey-lease-renewal')
+                    self._thread = threading.Thread(
+                        target=self._renew_loop, daemon=True, name='huey-lease-renewal'
+                    )
                     self._thread.start()
 
     def release(self, token):
@@ -84,6 +179,7 @@ class Deliveries:
 
     def _renew_loop(self):
         interval = max(self.lease / 3, 0.05)
+        failures = 0  # consecutive: an outage is logged once, not every interval
         while not self._stop.wait(interval):
             tokens = list(self.tokens)
             if not tokens:
@@ -91,7 +187,116 @@ class Deliveries:
             try:
                 self.storage.renew_leases(tokens, self.lease)
             except Exception:
-                logger.exception('Renewing %d lease(s) failed', len(tokens))
+                failures += 1
+                if failures == 1:
+                    logger.exception('Renewing %d lease(s) failed', len(tokens))
+                continue
+            if failures:
+                logger.info('Renewing leases again after %d failed attempt(s).', failures)
+                failures = 0
 
     def stop(self):
         self._stop.set()
+
+
+class ReliableDelivery:
+    """Dequeue, fence, ack and recovery for one ``Huey(reliable=True)``."""
+
+    def __init__(self, huey, lease, max_deliveries):
+        self.huey = huey
+        self.lease = lease
+        self.max_deliveries = max_deliveries
+        self._leases = None
+
+    def leases(self):
+        """This process's ``Leases`` (a forked worker, or a new storage, starts its own)."""
+        leases = self._leases
+        storage = self.huey.storage
+        if leases is None or leases.pid != os.getpid() or leases.storage is not storage:
+            if leases is not None and leases.pid == os.getpid():
+                leases.stop()
+            leases = self._leases = Leases(storage, self.lease)
+        return leases
+
+    def dequeue(self, timeout):
+        """The next task, moved into the in-flight area, with its ``delivery``; or None.
+        Undecodable messages are set aside (and their in-flight entry acked)."""
+        storage = self.huey.storage
+        leases = self.leases()
+        if timeout is None and storage.blocking:
+            timeout = storage.read_timeout
+        while True:
+            token = uuid.uuid4().hex
+            got = storage.dequeue_reliable(leases.consumer, token, self.lease, timeout)
+            if got is None:
+                return None
+            leases.hold(token)
+            crashpoint('after_dequeue')
+            task = self.huey._dead_letters.decode_or_set_aside(got[0])
+            if task is not None:
+                task.delivery = Delivery(token, got[1])
+                return task
+            leases.release(token)
+            storage.ack(token)
+
+    def execute(self, task, run):
+        """Call ``run()`` (the task's execution) under ``task.delivery`` once it is this
+        task's turn (alone when an earlier crash was charged to it) and its delivery is
+        charged, then ack it unless the run lost it; an exception leaves it un-acked, to be
+        delivered again."""
+        delivery = task.delivery
+        leases = self.leases()
+        try:
+            with leases.turns.turn(alone=delivery.count > 1):
+                if not self.huey.storage.mark_started(delivery.token):
+                    logger.warning('Task %s was recovered before it started.', task.id)
+                    leases.release(delivery.token)
+                    delivery.owned = False
+                    return None
+                value = run()
+        except BaseException:
+            leases.release(delivery.token)
+            raise
+        if delivery.owned:
+            crashpoint('after_result_before_ack')
+            leases.release(delivery.token)
+            if not self.huey.storage.ack(delivery.token):
+                logger.warning('Task %s finished after its delivery was recovered.', task.id)
+        return value
+
+    def lost(self, task):
+        """The fence: False when this run still owns its delivery (its lease is renewed
+        now); True, and nothing must be recorded, when it was recovered meanwhile."""
+        delivery = task.delivery
+        leases = self.leases()
+        if leases.still_ours(delivery.token):
+            return False
+        logger.warning(
+            'Task %s finished after its lease expired and it was requeued; '
+            'its result and continuation are not recorded.',
+            task.id,
+        )
+        leases.release(delivery.token)
+        delivery.owned = False
+        return True
+
+    def abandon(self, task):
+        """An interrupted run: not acked, so the message is delivered again once its lease
+        runs out."""
+        self.leases().release(task.delivery.token)
+        task.delivery.owned = False
+
+    def recover_expired(self, now=None):
+        """Requeue in-flight messages whose lease expired; those delivered
+        ``max_deliveries`` times are dead-lettered by the storage in the same step. Returns
+        (requeued, dead-lettered)."""
+        requeued, dead = self.huey.storage.recover_expired(self.max_deliveries, now)
+        if requeued:
+            logger.warning(
+                'Requeued %d task(s) whose consumer stopped renewing its lease.', requeued
+            )
+        for _, deliveries, letter_id in dead:
+            reason = over_cap_reason(deliveries, self.max_deliveries)
+            logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
+            self.huey._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
+        return requeued, len(dead)

@@ -3,6 +3,7 @@
 import time
 from collections import deque
 
+from huey._native import check_seconds
 from huey.constants import EmptyData
 from huey.exceptions import ResultTimeout, TaskException
 from huey.utils import Error, normalize_time
@@ -40,13 +41,22 @@ class Result:
             self._result = self.huey.serializer.deserialize(raw)
         return self._result
 
-    def get_raw_result(self, blocking=False, timeout=None, backoff=1.15, max_delay=1.0,
-                       revoke_on_timeout=False, preserve=False):
+    def get_raw_result(
+        self,
+        blocking=False,
+        timeout=None,
+        backoff=1.15,
+        max_delay=1.0,
+        revoke_on_timeout=False,
+        preserve=False,
+    ):
         value = self._get(preserve)
         if value is not EmptyData:
             return value
         if not blocking:
             return None
+        if timeout is not None:
+            check_seconds('timeout', timeout)  # NaN, infinity, negative: ValueError
         if self.huey.storage.wait_result(self.task.id, timeout, backoff, max_delay):
             value = self._get(preserve)
             if value is not EmptyData:
@@ -55,12 +65,20 @@ class Result:
             self.revoke()
         raise ResultTimeout('timed out waiting for result')
 
-    def get(self, blocking=False, timeout=None, backoff=1.15, max_delay=1.0,
-            revoke_on_timeout=False, preserve=False):
+    def get(
+        self,
+        blocking=False,
+        timeout=None,
+        backoff=1.15,
+        max_delay=1.0,
+        revoke_on_timeout=False,
+        preserve=False,
+    ):
         """The task's return value (None while not ready unless ``blocking``). A failed
         task raises ``TaskException`` carrying the error metadata."""
-        value = self.get_raw_result(blocking, timeout, backoff, max_delay,
-                                    revoke_on_timeout, preserve)
+        value = self.get_raw_result(
+            blocking, timeout, backoff, max_delay, revoke_on_timeout, preserve
+        )
         if value is not None and isinstance(value, Error):
             raise TaskException(value.metadata)
         return value
@@ -74,21 +92,28 @@ class Result:
     def restore(self):
         return self.huey.restore(self.task)
 
-    def reschedule(self, eta=None, delay=None, expires=None, priority=None,
-                   preserve_pipeline=True):
+    def reschedule(
+        self, eta=None, delay=None, expires=None, priority=None, preserve_pipeline=True
+    ):
         """Revoke this run and enqueue a copy under a new id (optionally at another time)."""
         self.revoke()
         if eta is not None or delay is not None:
             eta = normalize_time(eta, delay, self.huey.utc)
         task = self.task
         task_copy = type(task)(
-            task.args, task.kwargs, eta=eta, retries=task.retries,
-            retry_delay=task.retry_delay, retry_backoff=task.retry_backoff,
+            task.args,
+            task.kwargs,
+            eta=eta,
+            retries=task.retries,
+            retry_delay=task.retry_delay,
+            retry_backoff=task.retry_backoff,
             priority=task.priority if priority is None else priority,
             expires=task.expires if expires is None else expires,
-            timeout=task.timeout, chord_config=task.chord_config,
+            timeout=task.timeout,
+            chord_config=task.chord_config,
             on_complete=task.on_complete if preserve_pipeline else None,
-            on_error=task.on_error if preserve_pipeline else None)
+            on_error=task.on_error if preserve_pipeline else None,
+        )
         return self.huey.enqueue(task_copy)
 
     def reset(self):

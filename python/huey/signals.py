@@ -20,11 +20,24 @@ SIGNAL_RATE_LIMITED = 'rate-limited'
 # An undecodable message was set aside: sent with task=None, then the reason and letter id.
 SIGNAL_DEAD_LETTER = 'dead-letter'
 
-ALL_SIGNALS = frozenset((
-    SIGNAL_CANCELED, SIGNAL_COMPLETE, SIGNAL_ERROR, SIGNAL_EXECUTING, SIGNAL_EXPIRED,
-    SIGNAL_LOCKED, SIGNAL_RETRYING, SIGNAL_REVOKED, SIGNAL_SCHEDULED, SIGNAL_INTERRUPTED,
-    SIGNAL_ENQUEUED, SIGNAL_TIMEOUT, SIGNAL_RATE_LIMITED, SIGNAL_DEAD_LETTER,
-))
+ALL_SIGNALS = frozenset(
+    (
+        SIGNAL_CANCELED,
+        SIGNAL_COMPLETE,
+        SIGNAL_ERROR,
+        SIGNAL_EXECUTING,
+        SIGNAL_EXPIRED,
+        SIGNAL_LOCKED,
+        SIGNAL_RETRYING,
+        SIGNAL_REVOKED,
+        SIGNAL_SCHEDULED,
+        SIGNAL_INTERRUPTED,
+        SIGNAL_ENQUEUED,
+        SIGNAL_TIMEOUT,
+        SIGNAL_RATE_LIMITED,
+        SIGNAL_DEAD_LETTER,
+    )
+)
 
 
 class Signal:
@@ -40,8 +53,11 @@ class Signal:
 
     def _changed(self):
         self._any = tuple(self.receivers['any'])
-        self._targets = {name: tuple(group) + self._any
-                         for name, group in self.receivers.items() if name != 'any'}
+        self._targets = {
+            name: tuple(group) + self._any
+            for name, group in self.receivers.items()
+            if name != 'any'
+        }
         self.active = self.has_receivers()
 
     def connect(self, receiver, *signals):
@@ -49,8 +65,9 @@ class Signal:
             raise TypeError(f'signal receiver must be callable, got {receiver!r}')
         for name in signals or ('any',):
             if name != 'any' and name not in ALL_SIGNALS:
-                raise ValueError(f'unknown signal {name!r}; expected one of '
-                                 f'{", ".join(sorted(ALL_SIGNALS))}')
+                raise ValueError(
+                    f'unknown signal {name!r}; expected one of {", ".join(sorted(ALL_SIGNALS))}'
+                )
             self.receivers.setdefault(name, []).append(receiver)
         self._changed()
 
@@ -73,5 +90,8 @@ class Signal:
             try:
                 receiver(signal, task, *args, **kwargs)
             except Exception:
-                logger.exception('Error occurred in receiver "%s" for signal "%s"',
-                                 getattr(receiver, '__name__', repr(receiver)), signal)
+                logger.exception(
+                    'Error occurred in receiver "%s" for signal "%s"',
+                    getattr(receiver, '__name__', repr(receiver)),
+                    signal,
+                )

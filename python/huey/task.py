@@ -7,6 +7,7 @@ import time
 
 from huey._native import new_task_id
 from huey.exceptions import ConfigurationError, TaskTimeout
+from huey.periodic import SKIP
 from huey.result import ResultGroup
 from huey.utils import normalize_expire_time, normalize_time
 
@@ -20,11 +21,27 @@ class Task:
     default_retry_delay = 0
     default_retry_backoff = 0
     default_timeout = None
+    # Set by ``Huey.dequeue`` in reliable mode: the ``huey.reliable.Delivery`` this run holds
+    # (its token in the storage's in-flight area). None for every other task.
+    delivery = None
 
-    def __init__(self, args=None, kwargs=None, id=None, eta=None, retries=None,
-                 retry_delay=None, priority=None, expires=None, on_complete=None,
-                 on_error=None, expires_resolved=None, timeout=None, chord_config=None,
-                 retry_backoff=None):
+    def __init__(
+        self,
+        args=None,
+        kwargs=None,
+        id=None,
+        eta=None,
+        retries=None,
+        retry_delay=None,
+        priority=None,
+        expires=None,
+        on_complete=None,
+        on_error=None,
+        expires_resolved=None,
+        timeout=None,
+        chord_config=None,
+        retry_backoff=None,
+    ):
         self.name = type(self).__name__
         self.args = () if args is None else args
         self.kwargs = {} if kwargs is None else kwargs
@@ -33,8 +50,7 @@ class Task:
         self.eta = eta
         self.retries = self.default_retries if retries is None else retries
         self.retry_delay = self.default_retry_delay if retry_delay is None else retry_delay
-        self.retry_backoff = (self.default_retry_backoff if retry_backoff is None
-                              else retry_backoff)
+        self.retry_backoff = self.default_retry_backoff if retry_backoff is None else retry_backoff
         self.priority = self.default_priority if priority is None else priority
         self.expires = self.default_expires if expires is None else expires
         self.expires_resolved = expires_resolved
@@ -153,6 +169,9 @@ _signature = signature  # the name huey 3.5.4 uses
 
 
 class PeriodicTask(Task):
+    #: What to do about due minutes no consumer ran: 'skip', 'once' or 'all' (huey.periodic).
+    catch_up = SKIP
+
     def validate_datetime(self, timestamp):
         return False
 
@@ -164,8 +183,19 @@ def _seconds(delay):
 
 
 # Keyword arguments that set a task's options instead of being passed to the function.
-_RESERVED = frozenset(('eta', 'delay', 'id', 'retries', 'retry_delay', 'retry_backoff',
-                       'priority', 'expires', 'timeout'))
+_RESERVED = frozenset(
+    (
+        'eta',
+        'delay',
+        'id',
+        'retries',
+        'retry_delay',
+        'retry_backoff',
+        'priority',
+        'expires',
+        'timeout',
+    )
+)
 
 
 class TaskWrapper:
@@ -200,8 +230,10 @@ class TaskWrapper:
 
     def create_task(self, func, context=False, name=None, **settings):
         if inspect.iscoroutinefunction(func):
-            raise ConfigurationError('huey does not support async functions. Wrap the '
-                                     'coroutine with asyncio.run() in a regular function.')
+            raise ConfigurationError(
+                'huey does not support async functions. Wrap the '
+                'coroutine with asyncio.run() in a regular function.'
+            )
 
         def execute(task):
             args, kwargs = task.args, task.kwargs
@@ -209,9 +241,12 @@ class TaskWrapper:
                 kwargs = dict(kwargs, task=task)  # a copy: a retry must not pickle the task
             return func(*args, **kwargs)
 
-        attrs = {'context': context, 'execute': execute,
-                 '__module__': getattr(func, '__module__', None) or __name__,
-                 '__doc__': getattr(func, '__doc__', None)}
+        attrs = {
+            'context': context,
+            'execute': execute,
+            '__module__': getattr(func, '__module__', None) or __name__,
+            '__doc__': getattr(func, '__doc__', None),
+        }
         attrs.update(settings)
         name = name or getattr(func, '__name__', None) or type(func).__name__
         return type(name, (self.task_base,), attrs)
@@ -225,9 +260,20 @@ class TaskWrapper:
     def restore(self):
         return self.huey.restore_all(self.task_class)
 
-    def schedule(self, args=None, kwargs=None, eta=None, delay=None, priority=None,
-                 retries=None, retry_delay=None, retry_backoff=None, expires=None,
-                 timeout=None, id=None):
+    def schedule(
+        self,
+        args=None,
+        kwargs=None,
+        eta=None,
+        delay=None,
+        priority=None,
+        retries=None,
+        retry_delay=None,
+        retry_backoff=None,
+        expires=None,
+        timeout=None,
+        id=None,
+    ):
         """Enqueue to run at ``eta`` or after ``delay`` seconds."""
         if eta is None and delay is None:
             if isinstance(args, (int, float, datetime.timedelta)):
@@ -240,17 +286,23 @@ class TaskWrapper:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ValueError('schedule() kwargs argument must be a dict.')
         task = self.task_class(
-            args or (), kwargs or {}, id=id,
+            args or (),
+            kwargs or {},
+            id=id,
             eta=normalize_time(eta, _seconds(delay), self.huey.utc),
-            retries=retries, retry_delay=retry_delay, retry_backoff=retry_backoff,
-            priority=priority, expires=expires, timeout=timeout)
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_backoff=retry_backoff,
+            priority=priority,
+            expires=expires,
+            timeout=timeout,
+        )
         return self.huey.enqueue(task)
 
     def _apply(self, iterable):
         # Positional arguments only, so no reserved keywords to look for (as in __call__).
         task_class = self.task_class
-        return [task_class(item if isinstance(item, tuple) else (item,), {})
-                for item in iterable]
+        return [task_class(item if isinstance(item, tuple) else (item,), {}) for item in iterable]
 
     def map(self, iterable):
         """Enqueue one task per item (tuples are unpacked into arguments)."""
@@ -278,7 +330,14 @@ class TaskWrapper:
         if eta is not None or delay is not None:
             eta = normalize_time(eta, delay, self.huey.utc)
         return self.task_class(
-            args, kwargs, id=pop('id', None), eta=eta, retries=pop('retries', None),
-            retry_delay=pop('retry_delay', None), retry_backoff=pop('retry_backoff', None),
-            priority=pop('priority', None), expires=pop('expires', None),
-            timeout=pop('timeout', None))
+            args,
+            kwargs,
+            id=pop('id', None),
+            eta=eta,
+            retries=pop('retries', None),
+            retry_delay=pop('retry_delay', None),
+            retry_backoff=pop('retry_backoff', None),
+            priority=pop('priority', None),
+            expires=pop('expires', None),
+            timeout=pop('timeout', None),
+        )

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - not POSIX
 if sys.version_info < (3, 12):
     utcnow = datetime.datetime.utcnow
 else:
+
     def utcnow():
         """The current UTC time as a naive datetime."""
         return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
@@ -80,8 +81,7 @@ def normalize_time(eta=None, delay=None, utc=True):
     if delay is not None:
         if not isinstance(delay, datetime.timedelta):
             if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-                raise TypeError(f'delay must be a number of seconds or a timedelta, '
-                                f'got {delay!r}')
+                raise TypeError(f'delay must be a number of seconds or a timedelta, got {delay!r}')
             delay = datetime.timedelta(seconds=delay)
         return (utcnow() if utc else datetime.datetime.now()) + delay
     if not isinstance(eta, datetime.datetime):
