@@ -9,11 +9,13 @@ import time
 import pytest
 import redis
 
-from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
-from huey.storage.redis import DEQUEUE_PEEK_LUA
-from huey.storage import (PriorityRedisExpireStorage, PriorityRedisStorage, RedisExpireStorage,
-                          RedisStorage)
+from huey.storage import (
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+)
 
 ALL = [RedisStorage, RedisExpireStorage, PriorityRedisStorage, PriorityRedisExpireStorage]
 
@@ -38,11 +40,13 @@ def test_key_layout(redis_db, client):
     storage.incr('c', 3)
     assert client.lrange('huey.redis.myapp', 0, -1) == [b'm']
     assert client.zrange('huey.schedule.myapp', 0, -1, withscores=True) == [
-        (b's', time.mktime((2000, 1, 1, 0, 0, 0, 5, 1, -1)) + 0.5)]
+        (b's', time.mktime((2000, 1, 1, 0, 0, 0, 5, 1, -1)) + 0.5)
+    ]
     assert client.hgetall('huey.results.myapp') == {b'k': b'v'}
     assert client.hgetall('huey.counters.myapp') == {b'c': b'3'}
-    assert make(RedisStorage, redis_db, 'my-app', clean_name=False).queue_key == \
-        'huey.redis.my-app'
+    assert (
+        make(RedisStorage, redis_db, 'my-app', clean_name=False).queue_key == 'huey.redis.my-app'
+    )
 
 
 def test_expire_key_layout_and_ttls(redis_db, client):
@@ -62,8 +66,8 @@ def test_priority_member_encoding(redis_db, client):
     storage = make(PriorityRedisStorage, redis_db)
     before = int(time.time() * 1e6)
     storage.enqueue(b'payload', priority=7)
-    (member, score), = client.zrange('huey.redis.app', 0, -1, withscores=True)
-    stamp, = struct.unpack('>Q', member[:8])
+    ((member, score),) = client.zrange('huey.redis.app', 0, -1, withscores=True)
+    (stamp,) = struct.unpack('>Q', member[:8])
     assert member[8:] == b'payload' and score == -7.0
     assert before <= stamp <= int(time.time() * 1e6)
 
@@ -172,8 +176,9 @@ def test_dequeue_wait_survives_a_restart(redis_db, caplog):
 
 
 def test_priority_storage_on_server_without_zpopmin(redis_server_factory):
-    old = redis_server_factory('--rename-command', 'BZPOPMIN', '', '--rename-command',
-                               'ZPOPMIN', '')
+    old = redis_server_factory(
+        '--rename-command', 'BZPOPMIN', '', '--rename-command', 'ZPOPMIN', ''
+    )
     for blocking in (True, False):
         storage = PriorityRedisStorage('p', host=old.host, port=old.port, blocking=blocking)
         storage.enqueue(b'x', priority=1)
@@ -193,62 +198,8 @@ def test_expire_storage_glob_characters_in_name(redis_db):
     assert other.peek_data('k') == b'2'
 
 
-# Sharing one Redis with huey 3.5.4 ----------------------------------------------------------
-
-@pytest.mark.parametrize('cls', ALL, ids=lambda cls: cls.__name__)
-def test_shares_redis_with_huey_354(cls, redis_db, reference_peer):
-    kwargs = {'host': redis_db.host, 'port': redis_db.port, 'blocking': False}
-    ours = cls('shared', **kwargs)
-    theirs = reference_peer(cls.__name__, 'shared', **kwargs)
-    priority = cls.priority
-
-    theirs.enqueue(b't1', 1 if priority else None)
-    ours.enqueue(b'o1', 5 if priority else None)
-    theirs.enqueue(b't2', None)
-    ours.enqueue(b'o2', None)
-    expected = [b'o1', b't1', b't2', b'o2'] if priority else [b't1', b'o1', b't2', b'o2']
-    assert theirs.enqueued_items() == ours.enqueued_items() == expected
-    assert theirs.queue_size() == ours.queue_size() == 4
-    assert [ours.dequeue(), theirs.dequeue(), ours.dequeue_wait(0.1), theirs.dequeue()] == \
-        expected
-    assert ours.dequeue() is None and theirs.dequeue() is None
-
-    base = datetime.datetime(2020, 5, 6, 7, 8, 9, 123456)
-    ours.add_to_schedule(b'o-1', base + datetime.timedelta(seconds=1))
-    theirs.add_to_schedule(b't-0', base)
-    ours.add_to_schedule(b'o-2', base + datetime.timedelta(seconds=2))
-    assert theirs.scheduled_items() == ours.scheduled_items() == [b't-0', b'o-1', b'o-2']
-    assert theirs.read_schedule(base) == [b't-0']
-    assert ours.read_schedule(base + datetime.timedelta(seconds=1)) == [b'o-1']
-    assert theirs.read_schedule(base + datetime.timedelta(seconds=3)) == [b'o-2']
-
-    ours.put_data('r1', b'ours', True)
-    theirs.put_data('r2', b'theirs', True)
-    assert theirs.peek_data('r1') == b'ours'
-    assert ours.peek_many(['r1', 'r2', 'rx']) == theirs.peek_many(['r1', 'r2', 'rx'])
-    assert ours.pop_data('r2') == b'theirs'
-    if issubclass(cls, RedisExpireStorage):
-        assert theirs.pop_data('r2') == b'theirs'  # Non-destructive reads in both.
-        assert theirs.delete_data('r2')
-    else:
-        assert theirs.pop_data('r2') is EmptyData
-    assert theirs.result_items() == ours.result_items() == {'r1': b'ours'}
-    assert theirs.result_store_size() == ours.result_store_size() == 1
-    assert theirs.put_if_empty('lock', b'them') is True
-    assert ours.put_if_empty('lock', b'us') is False
-    assert ours.delete_data('lock')
-    assert ours.put_if_empty('lock', b'us') is True
-    assert theirs.put_if_empty('lock', b'them') is False
-
-    assert ours.incr('hits') == 1
-    assert theirs.incr('hits', 5) == 6
-    assert ours.incr('hits', 2) == 8
-    theirs.delete_counter('hits')
-    assert ours.incr('hits') == 1
-    ours.flush_counters()
-    assert theirs.incr('hits') == 1
-    theirs.flush_all()
-    assert ours.result_store_size() == 0 and ours.queue_size() == 0
+# Sharing one Redis with huey 3.5.4: the queue, schedule, results and counters in
+# tests/test_storage_contract.py; result notification here.
 
 
 def test_notify_result_interop_with_huey_354(redis_db, reference_peer):
@@ -270,63 +221,9 @@ def _calls(client, *commands):
     return sum(stats.get(f'cmdstat_{name}', {}).get('calls', 0) for name in commands)
 
 
-@pytest.mark.parametrize('cls', ALL, ids=lambda cls: cls.__name__)
-def test_dequeue_reads_the_revocation_flags_with_the_message(cls, redis_db, client):
-    from huey import Huey
-
-    huey = Huey('peek', storage_class=cls, host=redis_db.host, port=redis_db.port,
-                blocking=False)
-    ran = []
-    task = huey.task()(lambda n: ran.append(n))
-    other = huey.task(name='other')(lambda n: ran.append(n))
-    kept, revoked = task(1), task(2)
-    revoked.revoke()
-    other(3)
-    other.revoke()
-    huey.storage.conn.script_load(DEQUEUE_PEEK_LUA)
-    client.config_resetstat()
-    for _ in range(3):
-        huey.execute(huey.dequeue())
-    assert ran == [1]
-    # One script per message and no separate read of the flags (HMGET / MGET).
-    assert _calls(client, 'evalsha') == 3 and _calls(client, 'hmget', 'mget') == 0
-    assert kept.get() is None and huey.pending_count() == 0
-
-
-@pytest.mark.parametrize('cls', [RedisStorage, PriorityRedisExpireStorage],
-                         ids=lambda cls: cls.__name__)
-def test_messages_the_script_cannot_read_are_checked_as_usual(cls, redis_db, client):
-    from huey import Huey
-
-    # Compressed messages are opaque to the script: the flags are read separately.
-    huey = Huey('peek', storage_class=cls, host=redis_db.host, port=redis_db.port,
-                blocking=False, compression=True)
-    ran = []
-    task = huey.task()(lambda n: ran.append(n))
-    task(1)
-    task(2).revoke()
-    client.config_resetstat()
-    for _ in range(2):
-        message = huey.dequeue()
-        assert message._peeked is None
-        huey.execute(message)
-    assert ran == [1] and _calls(client, 'hmget', 'mget') == 2
-
-
-def test_wire_stays_in_step_after_an_error_reply(redis_db):
-    from huey.storage.redis_wire import pack
-
-    storage = make(RedisStorage, redis_db)
-    with pytest.raises(redis.exceptions.ResponseError):
-        storage._wire.call(pack(b'HSET', b'key'), pack(b'PING'))  # wrong arity, then PING
-    assert storage._wire.one(b'ECHO', b'next') == b'next'
-    storage.enqueue(b'message')
-    assert storage.dequeue() == b'message'
-
-
 def test_custom_redis_client_sees_every_command(redis_db):
-    # The packed-command hot path is only for the stock client: a custom ``redis_client``
-    # (key prefixes, tracing, ...) gets the hot commands through its execute_command too.
+    # Every command goes through the storage's redis-py client class: a custom
+    # ``redis_client`` (key prefixes, tracing, ...) sees the hot commands too.
     from huey import Huey
 
     seen = []
@@ -339,27 +236,106 @@ def test_custom_redis_client_sees_every_command(redis_db):
     class TracedStorage(RedisStorage):
         redis_client = Tracing
 
-    huey = Huey('traced', storage_class=TracedStorage, host=redis_db.host,
-                port=redis_db.port, blocking=False)
+    huey = Huey(
+        'traced',
+        storage_class=TracedStorage,
+        host=redis_db.host,
+        port=redis_db.port,
+        blocking=False,
+    )
     task = huey.task()(lambda: 'done')
     result = task()
     huey.execute(huey.dequeue())
     assert result.get() == 'done'
-    assert {'LPUSH', 'RPOP', 'HMGET'} <= set(seen)  # (results go through its pipeline)
+    assert {'LPUSH', 'RPOP', 'HMGET', 'EVALSHA'} <= set(seen)
 
 
-def test_messages_pickled_by_huey_354_are_peeked_too(redis_db, client):
-    # huey 3.5.4 pickles Message through the reduce protocol (with MEMOIZE after the class);
-    # huey-rs writes the shorter form: the script reads the id and name from both.
-    import pickle
+@pytest.mark.parametrize('cls', ALL, ids=lambda cls: cls.__name__)
+def test_a_task_costs_a_pop_a_flag_read_and_a_result_write(cls, redis_db, client):
+    # Messages are opaque to the storage: the revocation flags are read with HMGET/MGET after
+    # the pop (no script reads inside a message), and the result replaces the task's
+    # revocation flag in one script.
+    from huey import Huey
 
-    from huey import RedisHuey
+    huey = Huey('cost', storage_class=cls, host=redis_db.host, port=redis_db.port, blocking=False)
+    task = huey.task()(lambda n: n)
+    task(-1)
+    huey.execute(huey.dequeue())  # loads the result script
+    results = [task(i) for i in range(5)]
+    client.config_resetstat()
+    for _ in range(5):
+        huey.execute(huey.dequeue())
+    assert _calls(client, 'rpop', 'zpopmin') == 5
+    assert _calls(client, 'hmget', 'mget') == 5
+    assert _calls(client, 'evalsha') == 5
+    assert [r.get() for r in results] == list(range(5))
 
-    huey = RedisHuey('peek', host=redis_db.host, port=redis_db.port, blocking=False)
-    task = huey.task()(lambda: 1)
-    message = huey._registry.create_message(task.s())
-    client.lpush(huey.storage.queue_key, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
-    task()
-    for _ in range(2):
-        dequeued = huey.dequeue()
-        assert dequeued._peeked is not None and dequeued._peeked[0][0] == dequeued.revoke_id
+
+def test_each_thread_uses_its_own_connection(redis_db, client):
+    storage = make(RedisStorage, redis_db, client_name='per-thread')
+    ids = []
+    # All three alive at once: a finished thread's connection goes back to the pool.
+    together = threading.Barrier(3, timeout=10)
+
+    def work():
+        together.wait()
+        storage.enqueue(b'x')
+        ids.append(storage.conn.client_id())
+        assert storage.dequeue() == b'x'
+        ids.append(storage.conn.client_id())
+        together.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 3 and len(ids) == 6  # one connection per thread, kept
+    names = [c['name'] for c in client.client_list()]
+    assert names.count('per-thread') >= 1  # connections name themselves on connect
+
+
+def test_a_callers_pool_keeps_its_limit_under_many_threads(redis_db, client):
+    # Six threads share a caller's BlockingConnectionPool of 2: each command borrows a
+    # connection and gives it back (none is kept by a thread), so every thread gets on.
+    pool = redis.BlockingConnectionPool(
+        max_connections=2, timeout=10, client_name='pooled', **redis_db.connection_params
+    )
+    storage = RedisStorage('pooled', connection_pool=pool, blocking=False)
+    taken, errors = [], []
+
+    def work(i):
+        try:
+            for j in range(20):
+                storage.enqueue(b'%d-%d' % (i, j))
+                taken.append(storage.dequeue())
+                storage.delete_and_put('r:x', f'{i}-{j}', b'v', is_result=True)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(taken) == 120 and None not in taken
+    assert [c['name'] for c in client.client_list()].count('pooled') <= 2
+
+
+def test_a_command_on_a_connection_the_server_closed_is_sent_again(redis_db, client):
+    storage = make(RedisStorage, redis_db)
+    storage.enqueue(b'first')
+    client.client_kill_filter(_id=storage.conn.client_id())  # as a restart or timeout does
+    storage.enqueue(b'second')  # this thread's connection was dead: resent on a new one
+    assert storage.enqueued_items() == [b'first', b'second']
+
+
+def test_a_reliable_pop_resent_with_its_token_takes_no_second_message(redis_db):
+    # A retried call (reply lost after the server ran it) must not move a second message
+    # into flight under the same token.
+    storage = make(PriorityRedisStorage, redis_db)
+    storage.enqueue(b'a')
+    storage.enqueue(b'b')
+    first = storage.dequeue_reliable('c', 'token-1', 30)
+    assert storage.dequeue_reliable('c', 'token-1', 30) == first == (b'a', 1)
+    assert storage.enqueued_items() == [b'b']

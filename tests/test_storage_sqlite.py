@@ -1,6 +1,5 @@
-"""SqliteStorage specifics: schema, connections, locking, wake-up, and sharing with huey 3.5.4."""
+"""SqliteStorage specifics: schema, connections, locking and wake-up."""
 
-import datetime
 import os
 import sqlite3
 import statistics
@@ -31,14 +30,22 @@ def test_schema_matches_huey(storage, db_path):
     conn = sqlite3.connect(db_path)
     tables = dict(conn.execute("select name, sql from sqlite_master where type = 'table'"))
     assert {'kv', 'schedule', 'task', 'counter'} <= set(tables)
-    columns = {name: [row[1] for row in conn.execute(f'pragma table_info({name})')]
-               for name in ('kv', 'schedule', 'task', 'counter')}
-    assert columns == {'kv': ['queue', 'key', 'value'],
-                       'schedule': ['id', 'queue', 'data', 'timestamp'],
-                       'task': ['id', 'queue', 'data', 'priority'],
-                       'counter': ['queue', 'key', 'value']}
-    indexes = [row[0] for row in conn.execute(
-        "select name from sqlite_master where type = 'index' and sql is not null order by 1")]
+    columns = {
+        name: [row[1] for row in conn.execute(f'pragma table_info({name})')]
+        for name in ('kv', 'schedule', 'task', 'counter')
+    }
+    assert columns == {
+        'kv': ['queue', 'key', 'value'],
+        'schedule': ['id', 'queue', 'data', 'timestamp'],
+        'task': ['id', 'queue', 'data', 'priority'],
+        'counter': ['queue', 'key', 'value'],
+    }
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            "select name from sqlite_master where type = 'index' and sql is not null order by 1"
+        )
+    ]
     assert indexes == ['schedule_queue_timestamp', 'task_queue_priority_id']
     assert 'autoincrement' not in tables['task'].lower()
     assert conn.execute('pragma journal_mode').fetchone() == ('wal',)
@@ -52,14 +59,15 @@ def test_strict_fifo_never_reuses_ids(tmp_path):
     assert storage.dequeue() == b'a'
     assert storage.dequeue() == b'b'
     storage.enqueue(b'c')
-    (task_id,), = storage.conn.execute('select id from task').fetchall()
+    ((task_id,),) = storage.conn.execute('select id from task').fetchall()
     assert task_id == 3
     storage.close()
 
 
 def test_settings_reach_the_connection(tmp_path):
-    storage = SqliteStorage('q', filename=str(tmp_path / 's.db'), timeout=3, cache_mb=4,
-                            fsync=True)
+    storage = SqliteStorage(
+        'q', filename=str(tmp_path / 's.db'), timeout=3, cache_mb=4, fsync=True
+    )
     conn = storage.conn
     assert conn.execute('pragma busy_timeout').fetchone() == (3000,)
     assert conn.execute('pragma cache_size').fetchone() == (-4000,)
@@ -177,9 +185,13 @@ def _scheduling_noise():
 def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(inotify, db_path):
     storage = SqliteStorage('q', filename=db_path)
     storage.wake_on_wal_writes = inotify
-    producer = subprocess.Popen([sys.executable, '-c', _PRODUCER, db_path],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                bufsize=1)
+    producer = subprocess.Popen(
+        [sys.executable, '-c', _PRODUCER, db_path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     delays = []
     try:
         for i in range(40):
@@ -193,7 +205,7 @@ def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(inotify, db_p
         producer.stdin.close()
         producer.wait(10)
         storage.close()
-    print(f"wake-up median {statistics.median(delays) * 1e3:.2f} ms")
+    print(f'wake-up median {statistics.median(delays) * 1e3:.2f} ms')
     assert statistics.median(delays) < 0.005 + 2 * _scheduling_noise(), delays
 
 
@@ -250,75 +262,5 @@ def test_bytes_and_str_keys_are_kept_as_huey_does(storage):
     assert storage.peek_data('k') is EmptyData
 
 
-# Sharing one file with huey 3.5.4 -----------------------------------------------------------
-
-def test_shares_a_file_with_huey_354(reference_peer, db_path):
-    ours = SqliteStorage('shared', filename=db_path)
-    theirs = reference_peer('SqliteStorage', 'shared', filename=db_path)
-
-    # Queue, both directions, with priorities interleaved.
-    theirs.enqueue(b't-low', 1)
-    ours.enqueue(b'o-high', 5)
-    theirs.enqueue(b't-none', None)
-    ours.enqueue(b'o-low', 1)
-    assert theirs.queue_size() == ours.queue_size() == 4
-    assert theirs.enqueued_items() == ours.enqueued_items() == [
-        b'o-high', b't-low', b'o-low', b't-none']
-    assert theirs.dequeue() == b'o-high'
-    assert ours.dequeue() == b't-low'
-    assert theirs.dequeue() == b'o-low'
-    assert ours.dequeue_wait(0.1) == b't-none'
-    assert theirs.dequeue() is None
-
-    # Schedule.
-    base = datetime.datetime(2020, 5, 6, 7, 8, 9, 123456)
-    ours.add_to_schedule(b'o-1', base + datetime.timedelta(seconds=1))
-    theirs.add_to_schedule(b't-0', base)
-    ours.add_to_schedule(b'o-2', base + datetime.timedelta(seconds=2))
-    assert theirs.scheduled_items() == ours.scheduled_items() == [b't-0', b'o-1', b'o-2']
-    assert theirs.read_schedule(base) == [b't-0']
-    assert ours.read_schedule(base + datetime.timedelta(seconds=1)) == [b'o-1']
-    assert theirs.read_schedule(base + datetime.timedelta(seconds=5)) == [b'o-2']
-    assert ours.schedule_size() == 0
-
-    # Results, put_if_empty, counters.
-    ours.put_data('r1', b'from-us')
-    theirs.put_data('r2', b'from-them')
-    assert theirs.peek_data('r1') == b'from-us'
-    assert ours.peek_many(['r1', 'r2']) == theirs.peek_many(['r1', 'r2'])
-    assert ours.pop_data('r2') == b'from-them'
-    assert theirs.pop_data('r2') is EmptyData
-    assert theirs.result_items() == ours.result_items() == {'r1': b'from-us'}
-    assert theirs.put_if_empty('lock', b'them') is True
-    assert ours.put_if_empty('lock', b'us') is False
-    assert ours.delete_data('lock')
-    assert ours.put_if_empty('lock', b'us') is True
-    assert theirs.put_if_empty('lock', b'them') is False
-    assert ours.incr('hits') == 1
-    assert theirs.incr('hits', 5) == 6
-    assert ours.incr('hits', 2) == 8
-    theirs.delete_counter('hits')
-    assert ours.incr('hits') == 1
-    ours.flush_all()
-    assert theirs.result_store_size() == 0
-    ours.close()
-
-
-def test_huey_354_and_huey_rs_consumers_split_one_queue(reference_peer, db_path):
-    ours = SqliteStorage('split', filename=db_path)
-    theirs = reference_peer('SqliteStorage', 'split', filename=db_path)
-    for i in range(200):
-        ours.enqueue(b'%d' % i)
-    got_ours, got_theirs = [], []
-    while True:
-        mine = ours.dequeue()
-        other = theirs.dequeue()
-        if mine is not None:
-            got_ours.append(int(mine))
-        if other is not None:
-            got_theirs.append(int(other))
-        if mine is None and other is None:
-            break
-    assert sorted(got_ours + got_theirs) == list(range(200))
-    assert got_ours and got_theirs
-    ours.close()
+# Sharing one file with huey 3.5.4, and the split of one queue between the two packages:
+# tests/test_storage_contract.py.

@@ -1,24 +1,26 @@
-"""SQL storages that need an optional database driver: CySqliteStorage and PostgresStorage,
-and BaseSqlStorage, the connection/transaction helper huey 3.5.4 builds them on.
+"""BaseSqlStorage, the connection/transaction helper huey 3.5.4 builds its SQL storages on,
+and CySqliteStorage, which needs the optional ``cysqlite`` driver. (PostgresStorage lives in
+``huey.storage.postgres``.)
 
-huey-rs does not implement these two backends yet. The names import as in huey, so code that
-mentions them keeps importing; constructing one raises ``ConfigurationError``: naming the
-package to install when the driver is missing (huey's message), or saying the backend is not
-available in huey-rs when it is installed. ``BaseSqlStorage`` works for custom storages.
+CySqliteStorage is SqliteStorage (same tables, statements, wake-ups and reliable mode) with
+its connections opened by the ``cysqlite`` driver instead of the standard library's
+``sqlite3``: the two drivers share one SQL layer, and their databases are interchangeable.
+``BaseSqlStorage`` works for custom storages.
 """
 
 import contextlib
-import importlib.util
 import threading
 
 from huey.exceptions import ConfigurationError
 from huey.storage.base import BaseStorage
-from huey.storage.sqlite import SqliteStorage
+from huey.storage.sqlite import SqliteBusyError, SqliteStorage
 
-# huey 3.5.4 exposes the driver modules here (or None when missing), and callers test
-# ``huey.storage.cysqlite is not None`` before using the backend. huey-rs can use neither.
-cysqlite = None
-psycopg = None
+# huey 3.5.4 exposes the driver module here (or None when missing), and callers test
+# ``huey.storage.cysqlite is not None`` before using the backend.
+try:
+    import cysqlite
+except ImportError:
+    cysqlite = None
 
 
 class BaseSqlStorage(BaseStorage):
@@ -90,23 +92,62 @@ class BaseSqlStorage(BaseStorage):
             return None
 
 
-def _unavailable(backend, package, missing_message):
-    if importlib.util.find_spec(package) is None:
-        raise ConfigurationError(missing_message)
-    raise ConfigurationError(f'{backend} is not available in huey-rs yet; use SqliteStorage, '
-                             'a Redis storage or FileStorage.')
+if cysqlite is not None:
+
+    class CySqliteBusyError(SqliteBusyError, cysqlite.DatabaseLockedError):
+        """SqliteBusyError raised by CySqliteStorage: also a ``cysqlite.OperationalError``."""
 
 
 class CySqliteStorage(SqliteStorage):
-    def __init__(self, name='huey', filename='huey.db', pragmas=None, timeout=5,
-                 strict_fifo=False, create_tables=True, **kwargs):
-        _unavailable('CySqliteStorage', 'cysqlite',
-                     '"cysqlite" not found. Run "pip install cysqlite" to install.')
+    """SqliteStorage on the ``cysqlite`` driver (``pip install huey-rs[cysqlite]``).
 
+    As in huey 3.5.4, ``pragmas`` is a dict of pragmas cysqlite applies to each new
+    connection, and ``journal_mode`` may be given there or as a keyword. ``cache_mb`` and
+    ``fsync`` mean what they mean for SqliteStorage and, when given, override the
+    ``cache_size`` and ``synchronous`` pragmas; when neither names them, SqliteStorage's
+    defaults apply (8 MB cache, ``synchronous=NORMAL``). Other keyword arguments go to
+    ``cysqlite.connect``.
+    """
 
-class PostgresStorage(BaseSqlStorage):
-    def __init__(self, name='huey', dsn=None, connection=None, blocking=True, read_timeout=1,
-                 table_prefix='huey', create_tables=True, **connection_params):
-        _unavailable('PostgresStorage', 'psycopg',
-                     '"psycopg" (version 3.2 or newer) not found, cannot use Postgres storage '
-                     'backend. Run "pip install psycopg" to install.')
+    if cysqlite is not None:
+        operational_error = cysqlite.OperationalError
+        integrity_error = cysqlite.IntegrityError
+        busy_error = CySqliteBusyError
+        has_returning = cysqlite.sqlite_version_info >= (3, 35, 0)
+
+    def __init__(
+        self,
+        name='huey',
+        filename='huey.db',
+        pragmas=None,
+        timeout=5,
+        strict_fifo=False,
+        create_tables=True,
+        **kwargs,
+    ):
+        if cysqlite is None:
+            raise ConfigurationError(
+                '"cysqlite" not found. Run "pip install cysqlite" to install.'
+            )
+        pragmas = dict(pragmas or {})
+        journal_mode = kwargs.pop('journal_mode', pragmas.pop('journal_mode', 'wal'))
+        cache_mb = kwargs.pop('cache_mb', None if 'cache_size' in pragmas else 8)
+        fsync = kwargs.pop('fsync', None if 'synchronous' in pragmas else False)
+        self.pragmas = pragmas
+        super().__init__(
+            name,
+            filename,
+            cache_mb=cache_mb,
+            fsync=fsync,
+            journal_mode=journal_mode,
+            timeout=timeout,
+            strict_fifo=strict_fifo,
+            create_tables=create_tables,
+            **kwargs,
+        )
+
+    def _connect(self):
+        # cysqlite connections are in autocommit mode unless a transaction is begun.
+        return cysqlite.connect(
+            self.filename, timeout=self._timeout, pragmas=self.pragmas, **self._conn_kwargs
+        )
