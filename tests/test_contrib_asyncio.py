@@ -1,7 +1,6 @@
 """huey.contrib.asyncio against a real consumer running in this process on a SqliteHuey."""
 
 import asyncio
-import signal
 import threading
 import time
 
@@ -18,23 +17,9 @@ def huey(tmp_path):
 
 
 @pytest.fixture
-def consumer(huey):
-    """Start a 2-thread consumer; afterwards stop it and restore the signal handlers it set."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM,
-                                                       signal.SIGHUP)}
-    started = []
-
-    def start():
-        consumer = huey.create_consumer(workers=2, initial_delay=0.001, max_delay=0.01)
-        consumer.start()
-        started.append(consumer)
-        return consumer
-
-    yield start
-    for consumer in started:
-        consumer.stop(graceful=True)
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+def consumer(huey, run_consumer):
+    """Start a 2-thread consumer (stopped after the test, see conftest ``run_consumer``)."""
+    return lambda: run_consumer(huey)
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'djproject')
 
 
 def project_env(data_dir, **extra):
-    env = dict(os.environ, HUEY_DJPROJECT_DIR=str(data_dir),
-               DJANGO_SETTINGS_MODULE='djproject.settings')
+    env = dict(
+        os.environ, HUEY_DJPROJECT_DIR=str(data_dir), DJANGO_SETTINGS_MODULE='djproject.settings'
+    )
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [PROJECT, env.get('PYTHONPATH')]))
     env.pop('HUEY_DJPROJECT_DEBUG', None)
     env.pop('HUEY_DJPROJECT_IMMEDIATE', None)
@@ -30,9 +31,15 @@ def project_env(data_dir, **extra):
 
 
 def manage(data_dir, *args, **kwargs):
-    return subprocess.run([sys.executable, 'manage.py', *args], cwd=PROJECT,
-                          env=project_env(data_dir), capture_output=True, text=True,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, 'manage.py', *args],
+        cwd=PROJECT,
+        env=project_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -80,9 +87,13 @@ def run_huey(project):
 
     def start(*args):
         process = subprocess.Popen(
-            [sys.executable, 'manage.py', 'run_huey', *args], cwd=PROJECT,
-            env=project_env(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            [sys.executable, 'manage.py', 'run_huey', *args],
+            cwd=PROJECT,
+            env=project_env(project),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         started.append(process)
         return process
 
@@ -148,8 +159,16 @@ def test_run_huey_without_autoload_does_not_know_the_tasks(huey, run_huey):
 def test_run_huey_help_lists_consumer_options(project):
     helped = manage(project, 'run_huey', '--help')
     assert helped.returncode == 0, helped.stderr
-    for flag in ('--huey-verbose', '-V', '--workers', '--worker-type', '--max-delay',
-                 '--disable-autoload', '--no-periodic', '--shutdown-timeout'):
+    for flag in (
+        '--huey-verbose',
+        '-V',
+        '--workers',
+        '--worker-type',
+        '--max-delay',
+        '--disable-autoload',
+        '--no-periodic',
+        '--shutdown-timeout',
+    ):
         assert flag in helped.stdout
     bad = manage(project, 'run_huey', '--worker-type', 'fork')
     assert bad.returncode != 0 and 'fork' in bad.stderr
@@ -193,34 +212,59 @@ def test_db_task_wrappers_keep_the_plain_function(huey):
 def test_module_shortcuts_are_bound_to_the_configured_huey(huey):
     import huey.contrib.djhuey as djhuey
 
-    for name in ('task', 'periodic_task', 'lock_task', 'enqueue', 'restore', 'restore_all',
-                 'restore_by_id', 'revoke', 'revoke_all', 'revoke_by_id', 'is_revoked',
-                 'result', 'scheduled', 'on_startup', 'on_shutdown', 'pre_execute',
-                 'post_execute', 'signal', 'disconnect_signal'):
+    for name in (
+        'task',
+        'periodic_task',
+        'lock_task',
+        'enqueue',
+        'restore',
+        'restore_all',
+        'restore_by_id',
+        'revoke',
+        'revoke_all',
+        'revoke_by_id',
+        'is_revoked',
+        'result',
+        'scheduled',
+        'on_startup',
+        'on_shutdown',
+        'pre_execute',
+        'post_execute',
+        'signal',
+        'disconnect_signal',
+    ):
         assert getattr(djhuey, name) == getattr(huey, name), name
     assert type(huey).__name__ == 'SqliteHuey' and huey.name == 'djproject'
 
 
-SHOW_HUEY = textwrap.dedent('''
+SHOW_HUEY = textwrap.dedent("""
     import django
     django.setup()
     from huey.contrib.djhuey import HUEY
     print(type(HUEY).__name__, HUEY.name, HUEY.immediate, type(HUEY.storage).__name__)
-''')
+""")
 
 
-@pytest.mark.parametrize('debug, immediate, expected', [
-    ('0', None, 'False'),
-    ('1', None, 'True'),  # Follows DEBUG by default...
-    ('1', '0', 'False'),  # ...unless HUEY['immediate'] is set.
-    ('0', '1', 'True'),
-])
+@pytest.mark.parametrize(
+    'debug, immediate, expected',
+    [
+        ('0', None, 'False'),
+        ('1', None, 'True'),  # Follows DEBUG by default...
+        ('1', '0', 'False'),  # ...unless HUEY['immediate'] is set.
+        ('0', '1', 'True'),
+    ],
+)
 def test_immediate_follows_debug_unless_set(tmp_path, debug, immediate, expected):
     extra = {'HUEY_DJPROJECT_DEBUG': debug}
     if immediate is not None:
         extra['HUEY_DJPROJECT_IMMEDIATE'] = immediate
-    shown = subprocess.run([sys.executable, '-c', SHOW_HUEY], env=project_env(tmp_path, **extra),
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, '-c', SHOW_HUEY],
+        env=project_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     # Immediate mode swaps in a MemoryStorage (huey's immediate_use_memory default).
     storage = 'MemoryStorage' if expected == 'True' else 'SqliteStorage'
@@ -228,7 +272,7 @@ def test_immediate_follows_debug_unless_set(tmp_path, debug, immediate, expected
 
 
 def test_settings_huey_may_be_an_instance(tmp_path):
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import django
         from django.conf import settings
         from huey import MemoryHuey
@@ -242,23 +286,25 @@ def test_settings_huey_may_be_an_instance(tmp_path):
         result = double(21)
         HUEY.execute(HUEY.dequeue())
         print(result.get())
-    ''')
-    shown = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                           timeout=60, cwd=tmp_path)
+    """)
+    shown = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == '42'
 
 
 def test_bad_huey_class_is_a_configuration_error(tmp_path):
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import django
         from django.conf import settings
         settings.configure(HUEY={'huey_class': 'huey.NoSuchHuey'}, DATABASES={})
         django.setup()
         import huey.contrib.djhuey
-    ''')
-    shown = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                           timeout=60, cwd=tmp_path)
+    """)
+    shown = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert shown.returncode == 1
     assert 'could not import Huey backend' in shown.stdout
     assert 'Configuring Huey for use with Django' in shown.stdout

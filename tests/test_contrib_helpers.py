@@ -114,8 +114,7 @@ def test_lock_task_semaphore_limits_concurrent_calls(huey):
         return n * 10
 
     results = {}
-    threads = [threading.Thread(target=lambda n=n: results.update({n: work(n)}))
-               for n in (1, 2)]
+    threads = [threading.Thread(target=lambda n=n: results.update({n: work(n)})) for n in (1, 2)]
     for thread in threads:
         thread.start()
     for _ in threads:
@@ -195,12 +194,17 @@ def test_shares_slots_with_huey_354(huey, redis_db):
     script = (
         'import sys; from huey import RedisHuey; from huey.contrib.helpers import '
         'RedisSemaphore as S; h = RedisHuey("helpers", host=sys.argv[1], port=int(sys.argv[2]));'
-        ' s = S(h, "shared", 1); print(s.acquire(sys.argv[3]) or "None")')
+        ' s = S(h, "shared", 1); print(s.acquire(sys.argv[3]) or "None")'
+    )
 
     def reference_acquire(name):
-        out = subprocess.run([reference_python(), '-I', '-c', script, redis_db.host,
-                              str(redis_db.port), name], capture_output=True, text=True,
-                             check=True, timeout=60)
+        out = subprocess.run(
+            [reference_python(), '-I', '-c', script, redis_db.host, str(redis_db.port), name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         return out.stdout.strip()
 
     sem = RedisSemaphore(huey, 'shared', value=1)

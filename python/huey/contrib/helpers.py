@@ -99,8 +99,9 @@ def lock_task_semaphore(huey, lock_name, value=1, timeout=None):
             if holder is None:
                 raise TaskLockedException(f'unable to acquire lock {lock_name}')
             stop = threading.Event()
-            renewer = threading.Thread(target=semaphore._renew_until, args=(holder, stop),
-                                       daemon=True)
+            renewer = threading.Thread(
+                target=semaphore._renew_until, args=(holder, stop), daemon=True
+            )
             renewer.start()
             try:
                 return fn(*args, **kwargs)
@@ -108,5 +109,7 @@ def lock_task_semaphore(huey, lock_name, value=1, timeout=None):
                 stop.set()
                 renewer.join()
                 semaphore.release(holder)
+
         return inner
+
     return decorator

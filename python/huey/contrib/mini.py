@@ -71,14 +71,17 @@ class MiniHuey:
 
             call.schedule = schedule
             return call
+
         return decorator
 
     def periodic_task(self, validate_func):
         """Decorator: run the function (no arguments) each minute ``validate_func`` accepts.
         The function itself is returned unchanged."""
+
         def decorator(fn):
             self._periodic_tasks.append((validate_func, fn))
             return fn
+
         return decorator
 
     def start(self):

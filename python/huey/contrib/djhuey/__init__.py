@@ -125,6 +125,7 @@ disconnect_signal = HUEY.disconnect_signal
 def close_db(fn):
     """Wrap a task so stale or broken database connections are closed before and after it
     runs in the consumer (in immediate mode the caller's connection is left alone)."""
+
     @wraps(fn)
     def inner(*args, **kwargs):
         if not HUEY.immediate:
@@ -134,24 +135,29 @@ def close_db(fn):
         finally:
             if not HUEY.immediate:
                 close_old_connections()
+
     return inner
 
 
 def db_task(*args, **kwargs):
     """``task`` for functions that use the Django database (see ``close_db``)."""
+
     def decorator(fn):
         wrapper = task(*args, **kwargs)(close_db(fn))
         wrapper.call_local = fn
         return wrapper
+
     return decorator
 
 
 def db_periodic_task(*args, **kwargs):
     """``periodic_task`` for functions that use the Django database."""
+
     def decorator(fn):
         wrapper = periodic_task(*args, **kwargs)(close_db(fn))
         wrapper.call_local = fn
         return wrapper
+
     return decorator
 
 
@@ -163,6 +169,7 @@ def on_commit_task(*args, **kwargs):
     TaskWrapper methods (``schedule``, ``s``, ...): decorate the same function with
     ``db_task`` too (under another ``name``) where those are needed.
     """
+
     def decorator(fn):
         wrapper = task(*args, **kwargs)(close_db(fn))
 
@@ -174,4 +181,5 @@ def on_commit_task(*args, **kwargs):
 
         inner.call_local = fn
         return inner
+
     return decorator

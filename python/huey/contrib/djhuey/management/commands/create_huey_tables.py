@@ -11,7 +11,6 @@ class Command(BaseCommand):
 
         initialize_schema = getattr(HUEY.storage, 'initialize_schema', None)
         if initialize_schema is None:
-            raise CommandError(f'{type(HUEY.storage).__name__} storage does not use SQL '
-                               'tables.')
+            raise CommandError(f'{type(HUEY.storage).__name__} storage does not use SQL tables.')
         initialize_schema()
         self.stdout.write('huey tables created.')
