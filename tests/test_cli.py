@@ -24,12 +24,13 @@ HAS_SQLITE = hasattr(huey_package, 'SqliteHuey')
 needs_sqlite = pytest.mark.skipif(
     not HAS_SQLITE,
     reason='TODO: needs SqliteHuey (a queue shared between this process and the consumer '
-           'subprocess); it is not merged in this tree yet')
+    'subprocess); it is not merged in this tree yet',
+)
 
 COMMAND = [sys.executable, '-m', 'huey.bin.huey_consumer']
 SCRIPT = Path(sys.executable).with_name('huey_consumer')
 
-APP = '''\
+APP = """\
 import os
 import signal
 
@@ -76,7 +77,7 @@ if os.environ.get('CLI_TEST_SIGINT_AT_STARTUP'):
 
 if os.environ.get('CLI_TEST_HOLD'):
     hold(os.environ['CLI_TEST_HOLD'])  # enqueued at import, in the consumer's own queue
-'''
+"""
 
 
 class ConsumerProcess:
@@ -84,8 +85,14 @@ class ConsumerProcess:
 
     def __init__(self, cwd, *args, env=None, command=None):
         self.proc = subprocess.Popen(
-            [*(command or COMMAND), *args], cwd=cwd, env=env, text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [*(command or COMMAND), *args],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.lines = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -107,8 +114,7 @@ class ConsumerProcess:
             return next((m for m in map(regex.search, self.lines) if m), None)
 
         with self._cond:
-            found = self._cond.wait_for(lambda: find() or not self._reader.is_alive(),
-                                        timeout)
+            found = self._cond.wait_for(lambda: find() or not self._reader.is_alive(), timeout)
             match = find()
         assert match, f'{pattern!r} not seen (alive={found is not None}):\n{self.output}'
         return match
@@ -116,8 +122,9 @@ class ConsumerProcess:
     def wait_count(self, pattern, n, timeout=WAIT):
         """Wait until ``n`` output lines match ``pattern``."""
         with self._cond:  # a Condition's lock is reentrant: matches() may take it again
-            self._cond.wait_for(lambda: len(self.matches(pattern)) >= n
-                                or not self._reader.is_alive(), timeout)
+            self._cond.wait_for(
+                lambda: len(self.matches(pattern)) >= n or not self._reader.is_alive(), timeout
+            )
             assert len(self.matches(pattern)) >= n, self.output
 
     def matches(self, pattern):
@@ -165,22 +172,41 @@ def start(app_dir, consumers):
         consumer = ConsumerProcess(app_dir, *args, env=full_env, command=command)
         consumers.append(consumer)
         return consumer
+
     return start
 
 
 def run(app_dir, *args, command=None):
-    return subprocess.run([*(command or COMMAND), *args], cwd=app_dir, text=True,
-                          capture_output=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*(command or COMMAND), *args],
+        cwd=app_dir,
+        text=True,
+        capture_output=True,
+        timeout=WAIT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 # -- options -----------------------------------------------------------------------------------
 
 OPTIONS = {
-    '-w': '--workers', '-k': '--worker-type', '-d': '--delay', '-m': '--max-delay',
-    '-b': '--backoff', '-c': '--health-check-interval', '-C': '--disable-health-check',
-    '-f': '--flush-locks', '-L': '--extra-locks', '-M': '--max-tasks',
-    '-t': '--shutdown-timeout', '-g': '--graceful-signal', '-s': '--scheduler-interval',
-    '-n': '--no-periodic', '-l': '--logfile', '-v': '--verbose', '-q': '--quiet',
+    '-w': '--workers',
+    '-k': '--worker-type',
+    '-d': '--delay',
+    '-m': '--max-delay',
+    '-b': '--backoff',
+    '-c': '--health-check-interval',
+    '-C': '--disable-health-check',
+    '-f': '--flush-locks',
+    '-L': '--extra-locks',
+    '-M': '--max-tasks',
+    '-t': '--shutdown-timeout',
+    '-g': '--graceful-signal',
+    '-s': '--scheduler-interval',
+    '-n': '--no-periodic',
+    '-l': '--logfile',
+    '-v': '--verbose',
+    '-q': '--quiet',
     '-S': '--simple',
 }
 
@@ -221,26 +247,45 @@ def test_an_object_that_is_not_huey_is_a_one_line_error(app_dir):
     assert 'Huey' in line
 
 
-def test_an_app_that_fails_to_import_is_a_one_line_error(app_dir):
-    (app_dir / 'broken.py').write_text('raise RuntimeError("database is on fire")\n')
-    line = one_line_error(run(app_dir, 'broken.huey'))
-    assert 'database is on fire' in line
+def test_an_app_that_fails_to_import_shows_the_users_traceback(app_dir):
+    # As huey does: the frames inside the user's code, with file and line, not only the
+    # exception's message (and none of the consumer's own import machinery).
+    (app_dir / 'broken.py').write_text('import broken_helper\nhuey = None\n')
+    (app_dir / 'broken_helper.py').write_text(
+        'SETTINGS = {}\n\n\ndef load():\n    return SETTINGS["missing"]\n\n\nvalue = load()\n'
+    )
+    done = run(app_dir, 'broken.huey')
+    assert done.returncode != 0
+    lines = done.stderr.splitlines()
+    assert "Error importing broken.huey: KeyError: 'missing'" in lines[0]
+    assert lines[1] == 'Traceback (most recent call last):'
+    frames = re.findall(r'File "(.+?)", line (\d+), in (\S+)', done.stderr)
+    assert [(os.path.basename(f), int(n), fn) for f, n, fn in frames] == [
+        ('broken.py', 1, '<module>'),
+        ('broken_helper.py', 8, '<module>'),
+        ('broken_helper.py', 5, 'load'),
+    ]
+    assert lines[-1] == "KeyError: 'missing'"
 
 
-@pytest.mark.parametrize('args, mentions', [
-    (['-s', '7'], 'factor of 60'),
-    (['-s', '90'], 'scheduler'),
-    (['-s', '0'], 'scheduler'),
-    (['-w', '0'], 'workers'),
-    (['-b', '0.5'], 'backoff'),
-])
+@pytest.mark.parametrize(
+    'args, mentions',
+    [
+        (['-s', '7'], 'factor of 60'),
+        (['-s', '90'], 'scheduler'),
+        (['-s', '0'], 'scheduler'),
+        (['-w', '0'], 'workers'),
+        (['-b', '0.5'], 'backoff'),
+    ],
+)
 def test_invalid_option_values_are_one_line_errors(app_dir, args, mentions):
     line = one_line_error(run(app_dir, *args, 'app.huey'))
     assert mentions in line.lower()
 
 
-@pytest.mark.parametrize('args', [['-w', 'two'], ['-k', 'fiber'], ['-g', 'HUP'],
-                                  ['--no-such-option']])
+@pytest.mark.parametrize(
+    'args', [['-w', 'two'], ['-k', 'fiber'], ['-g', 'HUP'], ['--no-such-option']]
+)
 def test_malformed_options_are_rejected_without_traceback(app_dir, args):
     done = run(app_dir, *args, 'app.huey')
     assert done.returncode != 0
@@ -249,6 +294,7 @@ def test_malformed_options_are_rejected_without_traceback(app_dir, args):
 
 
 # -- running -----------------------------------------------------------------------------------
+
 
 def test_startup_log_lists_registered_tasks_and_sigint_exits_cleanly(start):
     consumer = start('app.huey', '-w', '2')
@@ -319,10 +365,13 @@ def release(fifo):
         f.write('go')
 
 
-@pytest.mark.parametrize('graceful_args, signum', [
-    ([], signal.SIGINT),
-    (['-g', 'TERM'], signal.SIGTERM),
-])
+@pytest.mark.parametrize(
+    'graceful_args, signum',
+    [
+        ([], signal.SIGINT),
+        (['-g', 'TERM'], signal.SIGTERM),
+    ],
+)
 def test_graceful_signal_lets_the_running_task_finish(start, fifo, graceful_args, signum):
     consumer = start('app.huey', *graceful_args, env={'CLI_TEST_HOLD': str(fifo)})
     consumer.wait_for(r'hold-started')
@@ -362,6 +411,7 @@ def test_killed_process_worker_is_restarted_by_the_health_check(start):
 
 
 # -- a queue shared with the consumer subprocess -------------------------------------------------
+
 
 @pytest.fixture
 def shared_app(app_dir, monkeypatch):

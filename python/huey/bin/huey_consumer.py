@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import traceback
 
 from huey.consumer_options import ConsumerConfig, OptionParserHandler
 
@@ -25,14 +26,29 @@ def load_huey(path):
         raise ImportError(f'module {module_name!r} has no attribute {attribute!r}') from None
 
 
+def import_traceback(exc):
+    """The traceback of an exception raised while importing the user's module, from the
+    first frame outside this file (the user's code, then anything it called), or '' when no
+    such frame exists (a mistyped path: the one-line message says it all)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    if tb is None:
+        return ''
+    return ''.join(traceback.format_exception(type(exc), exc, tb))
+
+
 def consumer_main(argv=None):
     from huey.api import Huey
 
     parser = OptionParserHandler().get_option_parser()
     options, args = parser.parse_args(argv)
     if len(args) != 1:
-        err('Error:   missing import path to `Huey` instance' if not args
-            else f'Error:   expected one import path, got {len(args)}: {" ".join(args)}')
+        err(
+            'Error:   missing import path to `Huey` instance'
+            if not args
+            else f'Error:   expected one import path, got {len(args)}: {" ".join(args)}'
+        )
         err('Example: huey_consumer app.queue.huey_instance')
         return 1
     config = ConsumerConfig(**{k: v for k, v in vars(options).items() if v is not None})
@@ -45,6 +61,7 @@ def consumer_main(argv=None):
         huey_instance = load_huey(args[0])
     except Exception as exc:
         err(f'Error importing {args[0]}: {type(exc).__name__}: {exc}')
+        sys.stderr.write(import_traceback(exc))
         return 1
     if not isinstance(huey_instance, Huey):
         err(f'Error:   {args[0]} is a {type(huey_instance).__name__}, not a Huey instance')

@@ -1,0 +1,5 @@
+"""``python -m huey.cli`` runs the ``huey`` command."""
+
+from huey.cli import main
+
+main()
