@@ -6,7 +6,6 @@ leaving out what no user imports from there: other packages' names a module happ
 configured, so it is checked in a subprocess.
 """
 
-import importlib
 import subprocess
 import sys
 import textwrap
@@ -15,64 +14,185 @@ import pytest
 
 NAMES = {
     'huey': [
-        'BlackHoleHuey', 'CancelExecution', 'CySqliteHuey', 'Error', 'FileHuey', 'Huey',
-        'MemoryHuey', 'PostgresHuey', 'PriorityRedisExpireHuey', 'PriorityRedisHuey',
-        'RedisExpireHuey', 'RedisHuey', 'RetryTask', 'SKIPPED', 'SqliteHuey', 'chord',
-        'crontab', 'group',
+        'BlackHoleHuey',
+        'CancelExecution',
+        'CySqliteHuey',
+        'Error',
+        'FileHuey',
+        'Huey',
+        'MemoryHuey',
+        'PostgresHuey',
+        'PriorityRedisExpireHuey',
+        'PriorityRedisHuey',
+        'RedisExpireHuey',
+        'RedisHuey',
+        'RetryTask',
+        'SKIPPED',
+        'SqliteHuey',
+        'chord',
+        'crontab',
+        'group',
     ],
     'huey.api': [
-        'BlackHoleHuey', 'BlackHoleStorage', 'CancelExecution', 'ChordConfig', 'ChordResult',
-        'ConfigurationError', 'Consumer', 'CySqliteHuey', 'CySqliteStorage', 'EmptyData',
-        'Error', 'FileHuey', 'FileStorage', 'Huey', 'MemoryHuey', 'MemoryStorage',
-        'PeriodicTask', 'PostgresHuey', 'PostgresStorage', 'PriorityRedisExpireHuey',
-        'PriorityRedisExpireStorage', 'PriorityRedisHuey', 'PriorityRedisStorage',
-        'RETRYING_EXCEPTIONS', 'RateLimit', 'RateLimitExceeded', 'RedisExpireHuey',
-        'RedisExpireStorage', 'RedisHuey', 'RedisStorage', 'Registry', 'Result', 'ResultGroup',
-        'ResultTimeout', 'RetryTask', 'SKIPPED', 'Serializer', 'SqliteHuey', 'SqliteStorage',
-        'Task', 'TaskException', 'TaskLock', 'TaskLockedException', 'TaskTimeout',
-        'TaskWrapper', 'chord', 'crontab', 'group', 'noop_context', 'normalize_expire_time',
+        'BlackHoleHuey',
+        'BlackHoleStorage',
+        'CancelExecution',
+        'ChordConfig',
+        'ChordResult',
+        'ConfigurationError',
+        'Consumer',
+        'CySqliteHuey',
+        'CySqliteStorage',
+        'EmptyData',
+        'Error',
+        'FileHuey',
+        'FileStorage',
+        'Huey',
+        'MemoryHuey',
+        'MemoryStorage',
+        'PeriodicTask',
+        'PostgresHuey',
+        'PostgresStorage',
+        'PriorityRedisExpireHuey',
+        'PriorityRedisExpireStorage',
+        'PriorityRedisHuey',
+        'PriorityRedisStorage',
+        'RETRYING_EXCEPTIONS',
+        'RateLimit',
+        'RateLimitExceeded',
+        'RedisExpireHuey',
+        'RedisExpireStorage',
+        'RedisHuey',
+        'RedisStorage',
+        'Registry',
+        'Result',
+        'ResultGroup',
+        'ResultTimeout',
+        'RetryTask',
+        'SKIPPED',
+        'Serializer',
+        'SqliteHuey',
+        'SqliteStorage',
+        'Task',
+        'TaskException',
+        'TaskLock',
+        'TaskLockedException',
+        'TaskTimeout',
+        'TaskWrapper',
+        'chord',
+        'crontab',
+        'group',
+        'noop_context',
+        'normalize_expire_time',
         'normalize_time',
     ],
     'huey.storage': [
-        'BaseSqlStorage', 'BaseStorage', 'BlackHoleStorage', 'CySqliteStorage', 'EmptyData',
-        'FileStorage', 'MemoryStorage', 'PostgresStorage', 'PriorityRedisExpireStorage',
-        'PriorityRedisStorage', 'RedisExpireStorage', 'RedisPriorityQueue', 'RedisStorage',
-        'SqliteStorage', 'cysqlite', 'psycopg',
+        'BaseSqlStorage',
+        'BaseStorage',
+        'BlackHoleStorage',
+        'CySqliteStorage',
+        'EmptyData',
+        'FileStorage',
+        'MemoryStorage',
+        'PostgresStorage',
+        'PriorityRedisExpireStorage',
+        'PriorityRedisStorage',
+        'RedisExpireStorage',
+        'RedisPriorityQueue',
+        'RedisStorage',
+        'SqliteStorage',
+        'cysqlite',
+        'psycopg',
     ],
     'huey.consumer': [
-        'BaseProcess', 'ConfigurationError', 'Consumer', 'ConsumerStopped', 'Environment',
-        'ForkSafeFlag', 'GreenletEnvironment', 'ProcessEnvironment', 'Scheduler',
-        'TaskTimeout', 'ThreadEnvironment', 'WORKER_GREENLET', 'WORKER_PROCESS',
-        'WORKER_THREAD', 'WORKER_TO_ENVIRONMENT', 'WORKER_TYPES', 'Worker', 'WorkerRecycle',
+        'BaseProcess',
+        'ConfigurationError',
+        'Consumer',
+        'ConsumerStopped',
+        'Environment',
+        'ForkSafeFlag',
+        'GreenletEnvironment',
+        'ProcessEnvironment',
+        'Scheduler',
+        'TaskTimeout',
+        'ThreadEnvironment',
+        'WORKER_GREENLET',
+        'WORKER_PROCESS',
+        'WORKER_THREAD',
+        'WORKER_TO_ENVIRONMENT',
+        'WORKER_TYPES',
+        'Worker',
+        'WorkerRecycle',
         'noop_context',
     ],
     'huey.consumer_options': [
-        'ConsumerConfig', 'OptionParserHandler', 'WORKER_THREAD', 'WORKER_TYPES',
-        'config_defaults', 'config_keys', 'option',
+        'ConsumerConfig',
+        'OptionParserHandler',
+        'WORKER_THREAD',
+        'WORKER_TYPES',
+        'config_defaults',
+        'config_keys',
+        'option',
     ],
     'huey.bin.huey_consumer': [
-        'ConsumerConfig', 'OptionParserHandler', 'consumer_main', 'err', 'load_huey',
+        'ConsumerConfig',
+        'OptionParserHandler',
+        'consumer_main',
+        'err',
+        'load_huey',
     ],
     'huey.signals': [
-        'SIGNAL_CANCELED', 'SIGNAL_COMPLETE', 'SIGNAL_ENQUEUED', 'SIGNAL_ERROR',
-        'SIGNAL_EXECUTING', 'SIGNAL_EXPIRED', 'SIGNAL_INTERRUPTED', 'SIGNAL_LOCKED',
-        'SIGNAL_RATE_LIMITED', 'SIGNAL_RETRYING', 'SIGNAL_REVOKED', 'SIGNAL_SCHEDULED',
-        'SIGNAL_TIMEOUT', 'Signal',
+        'SIGNAL_CANCELED',
+        'SIGNAL_COMPLETE',
+        'SIGNAL_ENQUEUED',
+        'SIGNAL_ERROR',
+        'SIGNAL_EXECUTING',
+        'SIGNAL_EXPIRED',
+        'SIGNAL_INTERRUPTED',
+        'SIGNAL_LOCKED',
+        'SIGNAL_RATE_LIMITED',
+        'SIGNAL_RETRYING',
+        'SIGNAL_REVOKED',
+        'SIGNAL_SCHEDULED',
+        'SIGNAL_TIMEOUT',
+        'Signal',
     ],
     'huey.exceptions': [
-        'CancelExecution', 'ConfigurationError', 'HueyException', 'RETRYING_EXCEPTIONS',
-        'RateLimitExceeded', 'ResultTimeout', 'RetryTask', 'TaskException',
-        'TaskLockedException', 'TaskTimeout',
+        'CancelExecution',
+        'ConfigurationError',
+        'HueyException',
+        'RETRYING_EXCEPTIONS',
+        'RateLimitExceeded',
+        'ResultTimeout',
+        'RetryTask',
+        'TaskException',
+        'TaskLockedException',
+        'TaskTimeout',
     ],
     'huey.serializer': ['Serializer', 'SignedSerializer', 'encode', 'is_compressed'],
     'huey.registry': ['ChordConfig', 'HueyException', 'Message', 'Registry'],
     'huey.utils': [
-        'ChordConfig', 'Error', 'FileLock', 'SKIPPED', 'aware_to_utc', 'encode', 'is_naive',
-        'load_class', 'local_to_utc', 'make_naive', 'noop_context', 'normalize_expire_time',
-        'normalize_time', 'utcnow',
+        'ChordConfig',
+        'Error',
+        'FileLock',
+        'SKIPPED',
+        'aware_to_utc',
+        'encode',
+        'is_naive',
+        'load_class',
+        'local_to_utc',
+        'make_naive',
+        'noop_context',
+        'normalize_expire_time',
+        'normalize_time',
+        'utcnow',
     ],
     'huey.constants': [
-        'EmptyData', 'WORKER_GREENLET', 'WORKER_PROCESS', 'WORKER_THREAD', 'WORKER_TYPES',
+        'EmptyData',
+        'WORKER_GREENLET',
+        'WORKER_PROCESS',
+        'WORKER_THREAD',
+        'WORKER_TYPES',
     ],
     'huey.contrib.asyncio': ['aget_result', 'aget_result_group'],
     'huey.contrib.helpers': ['RedisSemaphore', 'lock_task_semaphore'],
@@ -80,12 +200,37 @@ NAMES = {
 }
 
 DJHUEY_NAMES = [
-    'HUEY', 'close_db', 'config_error', 'configuration_message', 'db_periodic_task',
-    'db_task', 'default_backend_path', 'default_queue_name', 'disconnect_signal', 'enqueue',
-    'get_backend', 'is_revoked', 'lock_task', 'on_commit_task', 'on_shutdown', 'on_startup',
-    'periodic_task', 'post_execute', 'pre_execute', 'restore', 'restore_all', 'restore_by_id',
-    'result', 'revoke', 'revoke_all', 'revoke_by_id', 'scheduled', 'signal', 'task',
+    'HUEY',
+    'close_db',
+    'config_error',
+    'configuration_message',
+    'db_periodic_task',
+    'db_task',
+    'default_backend_path',
+    'default_queue_name',
+    'disconnect_signal',
+    'enqueue',
+    'get_backend',
+    'is_revoked',
+    'lock_task',
+    'on_commit_task',
+    'on_shutdown',
+    'on_startup',
+    'periodic_task',
+    'post_execute',
+    'pre_execute',
+    'restore',
+    'restore_all',
+    'restore_by_id',
+    'result',
+    'revoke',
+    'revoke_all',
+    'revoke_by_id',
+    'scheduled',
+    'signal',
+    'task',
 ]
+
 
 def cases():
     for module, names in NAMES.items():
@@ -97,7 +242,7 @@ def cases():
 def test_name_imports(module, name):
     namespace = {}
     exec(f'from {module} import {name}', namespace)
-    # The driver placeholders are None while huey-rs cannot use those backends.
+    # The driver modules are None where they are not installed (as in huey).
     assert namespace[name] is not None or name in ('cysqlite', 'psycopg')
 
 
@@ -114,21 +259,13 @@ def test_reexports_are_the_same_objects():
             assert getattr(huey.storage, name) is getattr(huey.api, name), name
 
 
-@pytest.mark.parametrize('huey_class, package', [('CySqliteHuey', 'cysqlite'),
-                                                 ('PostgresHuey', 'psycopg')])
-def test_optional_backends_name_the_missing_package(huey_class, package):
-    import huey
-    from huey.exceptions import ConfigurationError
-
-    if importlib.util.find_spec(package) is not None:
-        pytest.skip(f'{package} is installed')
-    with pytest.raises(ConfigurationError, match=f'pip install {package}'):
-        getattr(huey, huey_class)('optional')
+# The optional backends without their driver (each test dependency installs it):
+# test_contrib_optional_packages.py hides cysqlite, test_storage_postgres.py hides psycopg.
 
 
 def test_djhuey_names_import():
     pytest.importorskip('django')
-    script = textwrap.dedent(f'''
+    script = textwrap.dedent(f"""
         import django
         from django.conf import settings
         from huey import MemoryHuey
@@ -138,8 +275,9 @@ def test_djhuey_names_import():
         from huey.contrib.djhuey.management.commands.run_huey import Command
         from huey.contrib.djhuey.management.commands.create_huey_tables import Command
         print('ok')
-    ''')
-    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          timeout=60)
+    """)
+    done = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == 'ok'

@@ -1,7 +1,8 @@
-"""A mixed fleet: huey 3.5.4 (from PyPI) and huey-rs share one Redis and one Sqlite file.
+"""A mixed fleet: huey 3.5.4 (from PyPI) and huey-rs share one Redis, one Sqlite file and one
+PostgreSQL database.
 
 One small app module is written into a temp dir; the same source is imported by both
-packages. For each storage (Redis, Sqlite) and each direction (huey-rs producer with a
+packages. For each storage (Redis, Sqlite, Postgres) and each direction (huey-rs producer with a
 huey 3.5.4 ``huey_consumer``, and the reverse) a real consumer subprocess runs while
 producer subprocesses of the other interpreter enqueue tasks and block on their results,
 printing what they saw as JSON. Everything crossing between the two is the wire format:
@@ -33,6 +34,8 @@ import huey as huey_package
 NAME = os.environ['FLEET_NAME']
 if os.environ['FLEET_STORAGE'] == 'sqlite':
     huey = huey_package.SqliteHuey(NAME, filename=os.environ['FLEET_DB'])
+elif os.environ['FLEET_STORAGE'] == 'postgres':
+    huey = huey_package.PostgresHuey(NAME, dsn=os.environ['FLEET_PG_DSN'])
 else:
     huey = getattr(huey_package, os.environ['FLEET_REDIS_CLASS'])(
         NAME, host=os.environ['FLEET_REDIS_HOST'], port=int(os.environ['FLEET_REDIS_PORT']),
@@ -341,8 +344,13 @@ class Consumer:
         self.log_path = workdir / log_name
         with open(self.log_path, 'w') as log:
             self.proc = subprocess.Popen(
-                [python, *CONSUMER_ARGS, '-w', str(workers)], cwd=workdir, env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                [python, *CONSUMER_ARGS, '-w', str(workers)],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def output(self):
         return self.log_path.read_text()[-6000:]
@@ -361,35 +369,53 @@ class Consumer:
 class Fleet:
     """One storage shared by a producer interpreter and a consumer interpreter."""
 
-    def __init__(self, workdir, storage, direction, redis_server, redis_db_number):
+    def __init__(self, workdir, storage, direction, redis_server, redis_db_number, pg_dsn=None):
         self.workdir = workdir
         self.storage = storage
         theirs = reference_python()
         self.producer_python, self.consumer_python = (
-            (OURS, theirs) if direction == DIRECTIONS[0] else (theirs, OURS))
+            (OURS, theirs) if direction == DIRECTIONS[0] else (theirs, OURS)
+        )
         (workdir / 'app.py').write_text(APP)
         (workdir / 'producer.py').write_text(PRODUCER)
-        self.base_env = {k: v for k, v in os.environ.items()
-                         if k not in ('PYTHONPATH', 'PYTHONHOME', 'PYTHONSTARTUP')}
-        self.base_env.update(FLEET_STORAGE=storage, FLEET_WAIT=str(WAIT),
-                             PYTHONDONTWRITEBYTECODE='1')
+        self.base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ('PYTHONPATH', 'PYTHONHOME', 'PYTHONSTARTUP')
+        }
+        self.base_env.update(
+            FLEET_STORAGE=storage, FLEET_WAIT=str(WAIT), PYTHONDONTWRITEBYTECODE='1'
+        )
         if storage == 'sqlite':
             self.base_env['FLEET_DB'] = str(workdir / 'fleet.db')
+        elif storage == 'postgres':
+            self.base_env['FLEET_PG_DSN'] = pg_dsn
         else:
-            self.base_env.update(FLEET_REDIS_HOST=redis_server.host,
-                                 FLEET_REDIS_PORT=str(redis_server.port),
-                                 FLEET_REDIS_DB=str(redis_db_number))
+            self.base_env.update(
+                FLEET_REDIS_HOST=redis_server.host,
+                FLEET_REDIS_PORT=str(redis_server.port),
+                FLEET_REDIS_DB=str(redis_db_number),
+            )
             _flushdb(redis_server.host, redis_server.port, redis_db_number)
         self.consumers = []
 
     def env(self, name, redis_class='RedisHuey'):
         """Environment naming one huey instance (queue) in the shared storage."""
-        return {**self.base_env, 'FLEET_NAME': name, 'FLEET_REDIS_CLASS': redis_class,
-                'FLEET_LOG': str(self.workdir / f'{name}.log')}
+        return {
+            **self.base_env,
+            'FLEET_NAME': name,
+            'FLEET_REDIS_CLASS': redis_class,
+            'FLEET_LOG': str(self.workdir / f'{name}.log'),
+        }
 
     def start_consumer(self, env, workers, python=None):
-        consumer = Consumer(python or self.consumer_python, self.workdir, env, workers,
-                            f'consumer-{env["FLEET_NAME"]}-{len(self.consumers)}.out')
+        consumer = Consumer(
+            python or self.consumer_python,
+            self.workdir,
+            env,
+            workers,
+            f'consumer-{env["FLEET_NAME"]}-{len(self.consumers)}.out',
+        )
         self.consumers.append(consumer)
         return consumer
 
@@ -405,27 +431,46 @@ class Fleet:
     def produce(self, scenario, env):
         """Run one producer scenario to completion; its JSON outcome."""
         try:
-            proc = subprocess.run([self.producer_python, 'producer.py', scenario],
-                                  cwd=self.workdir, env=env, capture_output=True, text=True,
-                                  timeout=WAIT * 4)
+            proc = subprocess.run(
+                [self.producer_python, 'producer.py', scenario],
+                cwd=self.workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=WAIT * 4,
+            )
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f'producer {scenario} hung:\n{self.diagnostics(exc.stderr or "")}')
         if proc.returncode:
-            pytest.fail(f'producer {scenario} exited {proc.returncode}:\n'
-                        f'{self.diagnostics(proc.stderr)}')
+            pytest.fail(
+                f'producer {scenario} exited {proc.returncode}:\n{self.diagnostics(proc.stderr)}'
+            )
         return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _create_database(server, name):
+    import psycopg
+
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f'drop database if exists {name} with (force)')
+        conn.execute(f'create database {name}')
+    return server.dsn.rsplit('/', 1)[0] + '/' + name
 
 
 @pytest.fixture(scope='module')
 def reference_huey_file():
-    return subprocess.run([reference_python(), '-c', 'import huey; print(huey.__file__)'],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [reference_python(), '-c', 'import huey; print(huey.__file__)'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 _db_numbers = iter(range(1, 16))
 
 
-@pytest.fixture(scope='module', params=['redis', 'sqlite'])
+@pytest.fixture(scope='module', params=['redis', 'sqlite', 'postgres'])
 def storage(request):
     return request.param
 
@@ -435,8 +480,18 @@ def fleet(request, storage, redis_server, tmp_path_factory):
     """A fleet whose consumer (-w 2) runs for every scenario of this storage and direction."""
     if redis_server.process is None or redis_server.process.poll() is not None:
         redis_server.start()  # an earlier test module stopped it
-    fleet = Fleet(tmp_path_factory.mktemp(f'fleet-{storage}'), storage, request.param,
-                  redis_server, next(_db_numbers))
+    number = next(_db_numbers)
+    pg_dsn = None
+    if storage == 'postgres':  # a database of its own, with huey's default table names
+        pg_dsn = _create_database(request.getfixturevalue('postgres_server'), f'fleet{number}')
+    fleet = Fleet(
+        tmp_path_factory.mktemp(f'fleet-{storage}'),
+        storage,
+        request.param,
+        redis_server,
+        number,
+        pg_dsn,
+    )
     fleet.live_env = fleet.env('fleet')
     fleet.start_consumer(fleet.live_env, workers=2)
     yield fleet
@@ -473,8 +528,7 @@ def test_scheduled_tasks_wait_for_their_eta(fleet):
 def test_retries(fleet):
     out = fleet.produce('retries', fleet.live_env)
     # The error of the first attempt may be overwritten before the producer reads it.
-    assert out['seen'] in (['recovered'], ["RuntimeError('the first attempt fails')",
-                                           'recovered'])
+    assert out['seen'] in (['recovered'], ["RuntimeError('the first attempt fails')", 'recovered'])
     (first_retries, first_at), (second_retries, second_at) = out['attempts']
     assert (first_retries, second_retries) == (1, 0)
     assert second_at - first_at >= 0.95  # retry_delay=1, through the consumer's schedule
@@ -502,9 +556,12 @@ def test_errors_read_as_task_exception(fleet):
 
 def test_locks_are_shared(fleet):
     out = fleet.produce('locks', fleet.live_env)
-    assert out['held'] == {'error': "TaskLockedException('unable to acquire lock shared')",
-                           'retries': 0, 'task_id': out['held']['task_id'],
-                           'traceback': out['held']['traceback']}
+    assert out['held'] == {
+        'error': "TaskLockedException('unable to acquire lock shared')",
+        'retries': 0,
+        'task_id': out['held']['task_id'],
+        'traceback': out['held']['traceback'],
+    }
     assert 'TaskLockedException: unable to acquire lock shared' in out['held']['traceback']
     assert out['free'] == {'value': 'ran with the lock'}
     assert out['grabbed'] == {'value': True}
@@ -525,8 +582,14 @@ def test_priorities_and_revocations_with_the_consumer_stopped(fleet):
     within one), skipping the revoked ones."""
     env = fleet.env('fleet-ordered', redis_class='PriorityRedisHuey')
     producer = subprocess.Popen(
-        [fleet.producer_python, 'producer.py', 'ordered'], cwd=fleet.workdir, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [fleet.producer_python, 'producer.py', 'ordered'],
+        cwd=fleet.workdir,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = producer.stdout.readline()
         if first.strip() != '{"enqueued": true}':
@@ -545,16 +608,41 @@ def test_priorities_and_revocations_with_the_consumer_stopped(fleet):
         pytest.fail(f'producer exited {producer.returncode}:\n{fleet.diagnostics(stderr)}')
     out = json.loads(stdout.splitlines()[-1])
 
-    assert out['order'] == ['high', 'not expired', 'revocation lapsed', 'mid', 'fifo 0',
-                            'fifo 1', 'fifo 2', 'plain', 'low', 'restored'], fleet.diagnostics()
-    assert out['values'] == ['low', 'plain', 'fifo 0', 'fifo 1', 'fifo 2', 'mid', 'high',
-                             'revocation lapsed', 'not expired']
+    assert out['order'] == [
+        'high',
+        'not expired',
+        'revocation lapsed',
+        'mid',
+        'fifo 0',
+        'fifo 1',
+        'fifo 2',
+        'plain',
+        'low',
+        'restored',
+    ], fleet.diagnostics()
+    assert out['values'] == [
+        'low',
+        'plain',
+        'fifo 0',
+        'fifo 1',
+        'fifo 2',
+        'mid',
+        'high',
+        'revocation lapsed',
+        'not expired',
+    ]
     assert out['skipped_results'] == [None] * 6
     # A revoked chord member reaches the callback as huey.utils.SKIPPED, pickled by reference.
     assert out['chord'] == [0, 'the SKIPPED singleton', 4]
     # The consumer used up revoke_once and cleared the lapsed revoke_until; the others stand.
-    assert out['flags_after'] == {'once': False, 'always': True, 'by_id': True,
-                                  'until_later': True, 'lapsed': False, 'by_class': True}
+    assert out['flags_after'] == {
+        'once': False,
+        'always': True,
+        'by_id': True,
+        'until_later': True,
+        'lapsed': False,
+        'by_class': True,
+    }
     assert out['restored'] == 'restored'
 
 
@@ -562,8 +650,10 @@ def test_one_queue_two_consumers_one_of_each(fleet, reference_huey_file):
     """A real mixed fleet: each consumer's one worker holds a task that waits for the other
     task to start, so each package runs one of them (and both drain the rest)."""
     env = fleet.env('fleet-pair')
-    consumers = [fleet.start_consumer(env, workers=1),
-                 fleet.start_consumer(env, workers=1, python=fleet.producer_python)]
+    consumers = [
+        fleet.start_consumer(env, workers=1),
+        fleet.start_consumer(env, workers=1, python=fleet.producer_python),
+    ]
     try:
         out = fleet.produce('pair', env)
     finally:
