@@ -71,7 +71,9 @@ def main():
         result['enqueue_us'], result['drain_us_per_message'] = round(enqueue, 1), round(dequeue, 1)
         add, read = schedule_cost(fresh(base), 2000)
         result['add_to_schedule_us'], result['read_schedule_us_per_message'] = (
-            round(add, 1), round(read, 1))
+            round(add, 1),
+            round(read, 1),
+        )
         print(json.dumps(result))
     finally:
         shutil.rmtree(base, ignore_errors=True)

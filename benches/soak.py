@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import time
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import os
     from huey import RedisHuey, SqliteHuey
 
@@ -34,7 +34,7 @@ APP = textwrap.dedent('''
         # One run per task: a second run of the same task shows up as a count of 2.
         huey.storage.incr('runs:%d' % i)
         return i
-''')
+""")
 
 
 def free_port():
@@ -65,20 +65,38 @@ def main():
     workdir = tempfile.mkdtemp(prefix='huey-soak-')
     with open(os.path.join(workdir, 'soak_app.py'), 'w') as f:
         f.write(APP)
-    env = dict(os.environ, SOAK_STORAGE=args.storage, PYTHONPATH=workdir,
-               SOAK_SQLITE=os.path.join(workdir, 'soak.db'))
+    env = dict(
+        os.environ,
+        SOAK_STORAGE=args.storage,
+        PYTHONPATH=workdir,
+        SOAK_SQLITE=os.path.join(workdir, 'soak.db'),
+    )
     redis_proc = None
     if args.storage == 'redis':
         port = free_port()
         env['SOAK_REDIS_PORT'] = str(port)
         redis_proc = subprocess.Popen(
-            ['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-             '--appendonly', 'no', '--dir', workdir], stdout=subprocess.DEVNULL)
+            [
+                'redis-server',
+                '--port',
+                str(port),
+                '--bind',
+                '127.0.0.1',
+                '--save',
+                '',
+                '--appendonly',
+                'no',
+                '--dir',
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
     os.environ.update(env)
     sys.path.insert(0, workdir)
     consumers = []
     try:
         import soak_app
+
         huey = soak_app.huey
         for _ in range(100):
             try:
@@ -93,8 +111,19 @@ def main():
             soak_app.record.map(range(first, min(first + batch, args.tasks)))
         enqueued_in = time.perf_counter() - start
 
-        command = [sys.executable, '-m', 'huey.bin.huey_consumer', 'soak_app.huey', '-w', '2',
-                   '-q', '-d', '0.01', '-m', '0.5']
+        command = [
+            sys.executable,
+            '-m',
+            'huey.bin.huey_consumer',
+            'soak_app.huey',
+            '-w',
+            '2',
+            '-q',
+            '-d',
+            '0.01',
+            '-m',
+            '0.5',
+        ]
         for _ in range(args.consumers):
             consumers.append(subprocess.Popen(command, env=env, cwd=workdir))
         time.sleep(1)
@@ -113,8 +142,11 @@ def main():
         for p in consumers:
             p.wait(timeout=60)
 
-        values = [huey.serializer.deserialize(v) for k, v in huey.all_results().items()
-                  if not str(k).startswith('runs:')]
+        values = [
+            huey.serializer.deserialize(v)
+            for k, v in huey.all_results().items()
+            if not str(k).startswith('runs:')
+        ]
         verified = len(set(values) & set(range(args.tasks)))
         runs = [huey.storage.incr(f'runs:{i}', 0) for i in range(args.tasks)]
         lost = sum(1 for r in runs if r == 0)

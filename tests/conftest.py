@@ -3,114 +3,24 @@
 ``redis_server`` (session): the running server, with ``host``, ``port``, ``url`` and
 ``restart()`` / ``stop()`` / ``start()``; ``redis_db`` (function): the same server, flushed
 before the test; ``redis_server_factory``: start extra servers with their own arguments.
+TLS, ACL, Sentinel and Cluster deployments: see the fixtures at the end (the servers
+themselves are in ``redis_servers.py``).
 ``reference_peer``: huey 3.5.4 storages driven in a separate interpreter, for interop tests.
+``postgres_server`` (session), ``postgres_db`` (function: a schema of its own) and
+``postgres_server_factory``: a real PostgreSQL server (tests/postgres_server.py).
 """
 
 import datetime
+import itertools
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
+import types
 
 import pytest
 
-RESERVED_PORTS = {6379}  # The conformance suite owns the default port.
-
-
-def _free_port():
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(('127.0.0.1', 0))
-            port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-
-
-def _ping(host, port, timeout=0.5):
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b'PING\r\n')
-            return sock.recv(64).startswith(b'+PONG')
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """One redis-server process in its own temp dir, restartable on the same port."""
-
-    host = '127.0.0.1'
-
-    def __init__(self, extra_args=(), port=None):
-        self.binary = shutil.which('redis-server')
-        if self.binary is None:
-            pytest.fail('redis-server not found on PATH: the Redis tests need a real server '
-                        '(Debian: apt-get install redis-server, or `make redis-server`).')
-        self.port = port or _free_port()
-        self.dir = tempfile.mkdtemp(prefix='huey-redis-')
-        self.extra_args = list(extra_args)
-        self.process = None
-
-    @property
-    def url(self):
-        return f'redis://{self.host}:{self.port}/0'
-
-    @property
-    def connection_params(self):
-        return {'host': self.host, 'port': self.port}
-
-    def start(self, timeout=10):
-        args = [self.binary, '--port', str(self.port), '--bind', self.host, '--save', '',
-                '--appendonly', 'no', '--dir', self.dir, *self.extra_args]
-        log = open(os.path.join(self.dir, 'redis.log'), 'ab')
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not _ping(self.host, self.port):
-            if self.process.poll() is not None:
-                pytest.fail(f'redis-server exited with {self.process.returncode} on port '
-                            f'{self.port}; log:\n{self._log()}')
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f'redis-server on port {self.port} did not answer PING within '
-                            f'{timeout}s; log:\n{self._log()}')
-            time.sleep(0.01)
-        return self
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def restart(self):
-        """Stop and start again on the same port (the data set is lost: no persistence)."""
-        self.stop()
-        return self.start()
-
-    def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def flushall(self):
-        with socket.create_connection((self.host, self.port), timeout=5) as sock:
-            sock.sendall(b'FLUSHALL\r\n')
-            reply = sock.recv(64)
-        assert reply.startswith(b'+OK'), reply
-
-    def _log(self):
-        try:
-            with open(os.path.join(self.dir, 'redis.log'), 'rb') as fh:
-                return fh.read()[-2000:].decode('utf8', 'replace')
-        except OSError:
-            return ''
+from redis_servers import RedisServer  # tests/ is on sys.path (pytest puts it there)
 
 
 @pytest.fixture(scope='session')
@@ -147,32 +57,50 @@ def redis_server_factory():
 # huey 3.5.4 as a peer process ---------------------------------------------------------------
 
 REFERENCE_VENV = os.path.join(os.path.expanduser('~'), '.cache', 'huey-rs', 'huey-3.5.4-venv')
+# What the reference venv holds: huey 3.5.4 and the drivers of the storages it shares.
+REFERENCE_PACKAGES = ['huey==3.5.4', 'redis', 'psycopg[binary]>=3.2.4', 'gevent']
 
 
 def reference_python():
     """An interpreter with huey 3.5.4 from PyPI: $HUEY_REFERENCE_PYTHON, or a virtualenv
-    built once under ~/.cache/huey-rs and reused by later runs."""
+    built once under ~/.cache/huey-rs and reused by later runs (packages added to
+    REFERENCE_PACKAGES are installed into it on the next run)."""
     configured = os.environ.get('HUEY_REFERENCE_PYTHON')
     if configured:
         return configured
     python = os.path.join(REFERENCE_VENV, 'bin', 'python')
     marker = os.path.join(REFERENCE_VENV, '.complete')
-    if not os.path.exists(marker):
+    wanted = '\n'.join(REFERENCE_PACKAGES)
+
+    def installed():
+        try:
+            with open(marker) as fh:
+                return fh.read() == wanted
+        except OSError:
+            return False
+
+    if not installed():
         import fcntl
+
         os.makedirs(os.path.dirname(REFERENCE_VENV), exist_ok=True)
         with open(REFERENCE_VENV + '.lock', 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one builder when test processes race
-            if not os.path.exists(marker):
-                subprocess.run([sys.executable, '-m', 'venv', '--clear', REFERENCE_VENV],
-                               check=True)
-                subprocess.run([python, '-m', 'pip', 'install', '-q', 'huey==3.5.4',
-                                'redis'], check=True)
-                open(marker, 'w').close()
+            if not installed():
+                if not os.path.exists(python):
+                    subprocess.run(
+                        [sys.executable, '-m', 'venv', '--clear', REFERENCE_VENV], check=True
+                    )
+                subprocess.run(
+                    [python, '-m', 'pip', 'install', '-q', *REFERENCE_PACKAGES], check=True
+                )
+                with open(marker, 'w') as fh:
+                    fh.write(wanted)
     return python
+
 
 # Runs under the reference interpreter: builds one huey 3.5.4 storage, then executes storage
 # calls read as JSON lines from stdin (bytes as {"b": hex}, naive datetimes as {"dt": [...]}).
-_PEER_SCRIPT = r'''
+_PEER_SCRIPT = r"""
 import datetime, json, sys
 import huey, huey.storage
 from huey.constants import EmptyData
@@ -206,7 +134,7 @@ for line in sys.stdin:
     except Exception as exc:
         reply = {'error': '%s: %s' % (type(exc).__name__, exc)}
     print(json.dumps(reply), flush=True)
-'''
+"""
 
 
 class ReferencePeer:
@@ -214,8 +142,12 @@ class ReferencePeer:
 
     def __init__(self, class_name, *args, **kwargs):
         self.process = subprocess.Popen(
-            [reference_python(), '-I', '-c', _PEER_SCRIPT], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1)
+            [reference_python(), '-I', '-c', _PEER_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.version = self._send({'class': class_name, 'args': args, 'kwargs': kwargs})
 
     def _send(self, message):
@@ -239,12 +171,22 @@ class ReferencePeer:
         if isinstance(value, bytes):
             return {'b': value.hex()}
         if isinstance(value, datetime.datetime):
-            return {'dt': [value.year, value.month, value.day, value.hour, value.minute,
-                           value.second, value.microsecond]}
+            return {
+                'dt': [
+                    value.year,
+                    value.month,
+                    value.day,
+                    value.hour,
+                    value.minute,
+                    value.second,
+                    value.microsecond,
+                ]
+            }
         return value
 
     def _decode(self, value):
         from huey.constants import EmptyData
+
         if isinstance(value, list):
             return [self._decode(x) for x in value]
         if isinstance(value, dict):
@@ -275,3 +217,214 @@ def reference_peer():
     yield start
     for peer in peers:
         peer.close()
+
+
+# PostgreSQL -------------------------------------------------------------------------------
+# A throwaway cluster (tests/postgres_server.py) on a free loopback port, as the server user
+# when run as root; the same helper gives shells and other tools a server:
+# ``python tests/postgres_server.py run -- CMD`` runs CMD with HUEY_PG_DSN set.
+
+
+def _postgres_server(**kwargs):
+    from postgres_server import PostgresServer, PostgresUnavailable
+
+    try:
+        return PostgresServer(**kwargs).start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f'The PostgreSQL tests need a real server: {exc}')
+
+
+@pytest.fixture(scope='session')
+def postgres_server():
+    """The session's PostgreSQL server: ``dsn``, ``connection_params``, ``stop()``,
+    ``start()``, ``restart()``."""
+    server = _postgres_server()
+    yield server
+    server.cleanup()
+
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_db(postgres_server):
+    """A schema of its own on the session's server: ``dsn`` (it sets ``search_path``, so
+    every table made through it lands there), ``schema``, ``server``. Storages a test
+    leaves behind (a reliable consumer's lease renewals, say) keep their own schema."""
+    import psycopg
+
+    if not postgres_server.running():
+        postgres_server.start()  # A previous test stopped it.
+    schema = f'test_{next(_schemas)}'
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f'create schema {schema}')
+    return types.SimpleNamespace(
+        dsn=postgres_server.dsn_for(schema), schema=schema, server=postgres_server
+    )
+
+
+@pytest.fixture
+def postgres_server_factory():
+    """Start extra PostgreSQL servers (to stop or restart without disturbing others)."""
+    servers = []
+
+    def start(**kwargs):
+        server = _postgres_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.cleanup()
+
+
+# TLS, ACL, Sentinel and Cluster deployments (see redis_servers.py) ------------------------
+# Session fixtures start a deployment once, on first use; the ``*_db`` fixtures flush it
+# before each test; the factories start fresh ones a test may break (failovers).
+
+# The ACL rules the README documents for the storages' user: only the commands and keys the
+# Redis storages need (the test server adds the user name and password in front).
+REDIS_ACL_RULES = (
+    'resetkeys ~huey.* resetchannels -@all '
+    '+ping +hello +auth +client|setname +info +multi +exec +discard '
+    '+evalsha +script|load +lpush +rpush +rpop +brpop +blpop +brpoplpush +llen +lrange '
+    '+lindex +zadd +zrem +zcard +zrange +zrangebyscore +zremrangebyrank +zscore +zpopmin '
+    '+bzpopmin +hset +hget +hmget +hdel +hexists +hsetnx +hlen +hgetall +hincrby '
+    '+set +get +mget +del +exists +expire +pexpire +incr +scan'
+)
+
+
+@pytest.fixture(scope='session')
+def redis_tls_server():
+    server = RedisServer(tls=True).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_tls_db(redis_tls_server):
+    redis_tls_server.flushall()
+    return redis_tls_server
+
+
+@pytest.fixture(scope='session')
+def redis_acl_server():
+    server = RedisServer(
+        [
+            '--user',
+            *'default on >admin-secret ~* &* +@all'.split(),
+            '--user',
+            *f'huey on >huey-secret {REDIS_ACL_RULES}'.split(),
+        ],
+        admin=('default', 'admin-secret'),
+        params={'username': 'huey', 'password': 'huey-secret'},
+    ).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_acl_db(redis_acl_server):
+    redis_acl_server.flushall()
+    return redis_acl_server
+
+
+@pytest.fixture(scope='session')
+def redis_sentinel_set():
+    from redis_servers import RedisSentinelSet
+
+    deployment = RedisSentinelSet().start()
+    yield deployment
+    deployment.cleanup()
+
+
+@pytest.fixture
+def redis_sentinel_db(redis_sentinel_set):
+    redis_sentinel_set.flushall()
+    return redis_sentinel_set
+
+
+@pytest.fixture(scope='session')
+def redis_cluster_set():
+    from redis_servers import RedisClusterSet
+
+    deployment = RedisClusterSet().start()
+    yield deployment
+    deployment.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_db(redis_cluster_set):
+    redis_cluster_set.flushall()
+    return redis_cluster_set
+
+
+@pytest.fixture
+def redis_deployment_factory():
+    """``make(kind)`` starts a fresh ``'sentinel'`` set or ``'cluster'``; all are stopped
+    afterwards (failover tests break the ones they use)."""
+    import redis_servers
+
+    made = []
+
+    def make(kind, **kwargs):
+        cls = {
+            'sentinel': redis_servers.RedisSentinelSet,
+            'cluster': redis_servers.RedisClusterSet,
+        }
+        deployment = cls[kind](**kwargs)
+        made.append(deployment)
+        return deployment.start()
+
+    yield make
+    for deployment in made:
+        deployment.cleanup()
+
+
+# A real consumer in this process --------------------------------------------------------------
+
+
+@pytest.fixture
+def run_consumer():
+    """``run_consumer(huey, **options)`` starts a real in-process consumer (2 thread workers
+    polling every millisecond unless ``options`` say otherwise); each is stopped gracefully,
+    its workers and scheduler joined and the signal handlers restored after the test."""
+    import signal
+
+    handled = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    saved = {s: signal.getsignal(s) for s in handled}
+    consumers = []
+
+    def start(huey, **options):
+        options = {'workers': 2, 'initial_delay': 0.001, 'max_delay': 0.01, **options}
+        consumer = huey.create_consumer(**options)
+        consumer.start()
+        consumers.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in consumers:
+        consumer.stop(graceful=True)
+        for _, worker in consumer.worker_threads:
+            worker.join(10)
+        consumer.scheduler.join(10)
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def run_next(huey, timestamp=None):
+    """Take the next task off ``huey``'s queue and execute it, as a worker does."""
+    task = huey.dequeue()
+    assert task is not None, 'queue unexpectedly empty'
+    return huey.execute(task, timestamp=timestamp)
+
+
+def pytest_collection_modifyitems(items):
+    """Process workers need fork(): where it does not exist (Windows), their tests skip."""
+    if hasattr(os, 'fork'):
+        return
+    skip = pytest.mark.skip(reason='process workers need fork(), which this platform lacks')
+    for item in items:
+        callspec = getattr(item, 'callspec', None)
+        if 'process_worker' in item.name or (callspec and 'process' in callspec.params.values()):
+            item.add_marker(skip)

@@ -25,6 +25,7 @@ def metric(name, value, unit, higher_is_better=True):
 def emit(metrics, **check):
     """Print the result line; ``check`` holds values both packages must agree on."""
     import huey
+
     print(json.dumps({'huey': huey.__file__, 'metrics': metrics, 'check': check}))
 
 
@@ -55,27 +56,57 @@ STORAGES = {
     'sqlite': ('SqliteHuey', 'filename', 'huey.db'),
     'redis': ('RedisHuey', None, None),
     'priority-redis': ('PriorityRedisHuey', None, None),
+    'postgres': ('PostgresHuey', None, None),
 }
 
+# Every table either package's PostgresStorage may create with the default prefix.
+POSTGRES_TABLES = (
+    'huey_task, huey_schedule, huey_kv, huey_counter, huey_rs_dead_letter, huey_rs_inflight, '
+    'huey_rs_redelivery'
+)
 
-def make_huey(storage, redis_url=None, **kwargs):
-    """A fresh Huey on ``storage`` (a key of STORAGES): new temp dir for files, empty Redis db;
-    ``kwargs`` go to the storage (e.g. ``notify_result``)."""
+
+def make_huey(storage, redis_url=None, pg_dsn=None, **kwargs):
+    """A fresh Huey on ``storage`` (a key of STORAGES): new temp dir for files, empty Redis db,
+    no huey tables in the Postgres database; ``kwargs`` go to the storage (e.g.
+    ``notify_result``)."""
     import huey
+
     class_name, location_arg, location = STORAGES[storage]
     if location_arg:
         kwargs[location_arg] = os.path.join(tempfile.mkdtemp(prefix='huey-bench-'), location)
     if 'redis' in storage:
         import redis
+
         redis.Redis.from_url(redis_url).flushdb()
         kwargs['url'] = redis_url
+    if storage == 'postgres':
+        import psycopg
+
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'drop table if exists {POSTGRES_TABLES}')
+        kwargs['dsn'] = pg_dsn
     return getattr(huey, class_name)('bench', **kwargs)
 
 
 def message_fields(i=0):
-    return (f'{i:08d}-6f1c-4c1e-9a51-0c6a8e0f2b7d', 'app.tasks.send_welcome_email', None, 2,
-            10, None, ('user@example.com', 42), {'subject': 'Welcome aboard!', 'lang': 'en-GB'},
-            None, None, None, None, None, None, None)
+    return (
+        f'{i:08d}-6f1c-4c1e-9a51-0c6a8e0f2b7d',
+        'app.tasks.send_welcome_email',
+        None,
+        2,
+        10,
+        None,
+        ('user@example.com', 42),
+        {'subject': 'Welcome aboard!', 'lang': 'en-GB'},
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def message(i=0):

@@ -33,9 +33,13 @@ def main():
         conn.brpop('floor', timeout=1)
 
     per_pair = 1 / rate(pair, p['min_time'])
-    emit([metric('LPUSH', n / push_time, 'ops/s'),
-          metric('BRPOP', n / pop_time, 'ops/s'),
-          metric('LPUSH+BRPOP pair', per_pair * 1e6, 'us', higher_is_better=False)])
+    emit(
+        [
+            metric('LPUSH', n / push_time, 'ops/s'),
+            metric('BRPOP', n / pop_time, 'ops/s'),
+            metric('LPUSH+BRPOP pair', per_pair * 1e6, 'us', higher_is_better=False),
+        ]
+    )
 
 
 if __name__ == '__main__':

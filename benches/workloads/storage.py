@@ -25,8 +25,10 @@ def schedule(storage, n):
     read_time = time.perf_counter() - t0
     if len(due) != n:
         raise RuntimeError(f'read_schedule returned {len(due)} of {n} items')
-    return [metric('add_to_schedule', n / add_time, 'items/s'),
-            metric(f'read_schedule ({n:,} due)', n / read_time, 'items/s')]
+    return [
+        metric('add_to_schedule', n / add_time, 'items/s'),
+        metric(f'read_schedule ({n:,} due)', n / read_time, 'items/s'),
+    ]
 
 
 def depth(storage, depths, min_time):
@@ -43,8 +45,11 @@ def depth(storage, depths, min_time):
             storage.dequeue()
 
         per_pair = 1 / rate(pair, min_time)
-        metrics.append(metric(f'enqueue+dequeue @ depth {target:,}', per_pair * 1e6, 'us',
-                              higher_is_better=False))
+        metrics.append(
+            metric(
+                f'enqueue+dequeue @ depth {target:,}', per_pair * 1e6, 'us', higher_is_better=False
+            )
+        )
     return metrics
 
 

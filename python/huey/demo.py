@@ -2,7 +2,9 @@
 
 It writes a small app module into a temporary directory, enqueues work into a SqliteHuey
 there, runs a real ``huey_consumer`` subprocess on it, prints results as they arrive and
-stops the consumer with SIGINT (a graceful stop). A few seconds from start to finish.
+stops the consumer with SIGINT (a graceful stop). A few seconds from start to finish. It
+prints the app module first, and needs nothing beyond huey-rs itself: it runs the same from an
+installed wheel as from a checkout.
 """
 
 import datetime
@@ -66,8 +68,10 @@ def crontab_and_serializer_tour():
     serializer = SignedSerializer(secret='demo secret', compression=True)
     message = {'task': 'demo.add', 'args': (1, 2), 'kwargs': {}}
     framed = serializer.serialize(message)
-    print(f'signed + gzipped message: {len(framed)} bytes, round trip ->',
-          serializer.deserialize(framed))
+    print(
+        f'signed + gzipped message: {len(framed)} bytes, round trip ->',
+        serializer.deserialize(framed),
+    )
 
 
 def import_app(directory):
@@ -106,22 +110,29 @@ def consumer_tour():
         command = [sys.executable, '-m', 'huey.bin.huey_consumer', 'app.huey', '-w', '2']
         print(f'\nstarting: {" ".join(command[1:])}  (in {directory})')
         with open(log_path, 'w') as log:
-            consumer = subprocess.Popen(command, cwd=directory, stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL)
+            consumer = subprocess.Popen(
+                command, cwd=directory, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
         started = time.monotonic()
         try:
             pending = [
                 ('add(1, 2)', app.add(1, 2)),
                 ('greet("huey-rs")', app.greet('huey-rs')),
-                ('add(20, 22) scheduled 1.5 s ahead',
-                 app.add.schedule((20, 22), delay=1.5)),
-                ('pipeline add(1, 2) -> add(_, 3) -> square',
-                 app.huey.enqueue(app.add.s(1, 2).then(app.add, 3).then(app.square))),
-                ('group square(0..4)',
-                 app.huey.enqueue(group([app.square.s(n) for n in range(5)]))),
-                ('chord square(1..4) -> total',
-                 app.huey.enqueue(group([app.square.s(n) for n in range(1, 5)])
-                                  .then(app.total))),
+                ('add(20, 22) scheduled 1.5 s ahead', app.add.schedule((20, 22), delay=1.5)),
+                (
+                    'pipeline add(1, 2) -> add(_, 3) -> square',
+                    app.huey.enqueue(app.add.s(1, 2).then(app.add, 3).then(app.square)),
+                ),
+                (
+                    'group square(0..4)',
+                    app.huey.enqueue(group([app.square.s(n) for n in range(5)])),
+                ),
+                (
+                    'chord square(1..4) -> total',
+                    app.huey.enqueue(
+                        group([app.square.s(n) for n in range(1, 5)]).then(app.total)
+                    ),
+                ),
             ]
             print(f'enqueued {len(pending)} items; results as they arrive:')
             print_results_as_they_arrive(pending, started)
@@ -135,16 +146,27 @@ def consumer_tour():
             sys.path.remove(directory)
             sys.modules.pop('app', None)
         with open(log_path) as log:
-            executed = sum('executed in' in line for line in log)
-        print(f'consumer stopped gracefully on SIGINT (exit code {code}) after executing '
-              f'{executed} tasks, {time.monotonic() - started:.1f}s after it started')
+            lines = log.readlines()
+        executed = sum('executed in' in line for line in lines)
+        if lines:
+            print(f"consumer's first log line: {lines[0].rstrip()}")
+        print(
+            f'consumer stopped gracefully on SIGINT (exit code {code}) after executing '
+            f'{executed} tasks, {time.monotonic() - started:.1f}s after it started'
+        )
         if code != 0:
             with open(log_path) as log:
                 sys.stderr.write(log.read())
             raise SystemExit(code)
 
 
+def show_app():
+    print('The app this demo runs (app.py, written to a temporary directory):\n')
+    print(''.join(f'    {line}' if line.strip() else line for line in APP.splitlines(True)))
+
+
 def main():
+    show_app()
     crontab_and_serializer_tour()
     consumer_tour()
 
