@@ -145,6 +145,11 @@ impl DateTimeClass {
     }
 }
 
+/// Looks up `datetime.datetime` now (see `crate::preload`).
+pub fn preload(py: Python<'_>) -> PyResult<()> {
+    DateTimeClass::get(py).map(|_| ())
+}
+
 /// The fields of `value` when it is a `datetime.datetime` (or a subclass), else None.
 pub fn datetime_parts(value: &Bound<'_, PyAny>) -> PyResult<Option<DateTimeParts>> {
     let py = value.py();

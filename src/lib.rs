@@ -30,5 +30,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(task::new_task_id, m)?)?;
     m.add_function(wrap_pyfunction!(wait::check_seconds, m)?)?;
     wait::install_exit_hook(m.py())?;
-    Ok(())
+    preload(m.py())
+}
+
+/// Looks up, while `huey._native` is being imported, the Python objects native code uses.
+/// Looked up lazily, the first call from a worker thread would import a module or wait on a
+/// once-cell, releasing and retaking the GIL inside a native call: a daemon thread doing that
+/// while the interpreter exits is ended by CPython's `pthread_exit`, which cannot unwind
+/// through a native frame and aborts the process (see `wait.rs`).
+fn preload(py: Python<'_>) -> PyResult<()> {
+    ffi::preload(py)?;
+    storage::memory::preload(py)
 }

@@ -19,6 +19,13 @@
 //! finishes a slice of waiting without the GIL parks for good instead
 //! of asking for it; the process exits around it. The thread running the finalization itself
 //! (the one that ran the hook) is never parked.
+//!
+//! So native code gives up the GIL only through `detach`/`wait`, and looks up the Python
+//! objects it needs while `huey._native` is imported (`crate::preload`): a lazy first lookup
+//! from a worker thread (an import, a wait on a once-cell) would release and retake the GIL
+//! inside a native call, outside these guards. Calls back into Python code (a user's
+//! `priority` function, a log line) can still be interrupted that way; none of them runs in a
+//! blocking wait.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::ThreadId;

@@ -107,16 +107,24 @@ impl State {
     }
 }
 
+static EMPTY_DATA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn empty_data(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    EMPTY_DATA.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("huey.constants")?.getattr("EmptyData")?.unbind())
+    })
+}
+
+/// Looks up huey's `EmptyData` marker now (see `crate::preload`).
+pub fn preload(py: Python<'_>) -> PyResult<()> {
+    empty_data(py).map(|_| ())
+}
+
 /// `value`, or huey's `EmptyData` marker when there is none.
 fn or_empty(py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-    static EMPTY_DATA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     match value {
         Some(value) => Ok(value),
-        None => Ok(EMPTY_DATA
-            .get_or_try_init(py, || {
-                Ok::<_, PyErr>(py.import("huey.constants")?.getattr("EmptyData")?.unbind())
-            })?
-            .clone_ref(py)),
+        None => Ok(empty_data(py)?.clone_ref(py)),
     }
 }
 
