@@ -11,16 +11,23 @@ import uuid
 
 import pytest
 
-from huey import FileHuey, PostgresHuey, RedisHuey, SqliteHuey
+from huey import FileHuey, Huey, PostgresHuey, RedisHuey, SqliteHuey
 from huey.api import PriorityRedisHuey
 from huey.signals import SIGNAL_DEAD_LETTER
+from sqlite_before_335 import SqliteBefore335  # tests/ is on sys.path
 
 
-@pytest.fixture(params=['sqlite', 'file', 'redis', 'priority_redis', 'postgres'])
+@pytest.fixture(
+    params=['sqlite', 'sqlite-before-3.35', 'file', 'redis', 'priority_redis', 'postgres']
+)
 def make_huey(request, tmp_path):
     def make(**kwargs):
         if request.param == 'sqlite':
             return SqliteHuey('rel', filename=str(tmp_path / 'q.db'), **kwargs)
+        if request.param == 'sqlite-before-3.35':
+            return Huey(
+                'rel', storage_class=SqliteBefore335, filename=str(tmp_path / 'q.db'), **kwargs
+            )
         if request.param == 'postgres':
             server = request.getfixturevalue('postgres_db')
             return PostgresHuey('rel', dsn=server.dsn, blocking=False, **kwargs)

@@ -28,10 +28,15 @@ from huey.storage import (
     RedisStorage,
     SqliteStorage,
 )
+from sqlite_before_335 import SqliteBefore335  # tests/ is on sys.path
 
 
 def _sqlite(request, tmp_path, name):
     return SqliteStorage, {'filename': str(tmp_path / 'huey.db'), 'timeout': 30}
+
+
+def _sqlite_before_335(request, tmp_path, name):
+    return SqliteBefore335, {'filename': str(tmp_path / 'huey.db'), 'timeout': 30}
 
 
 def _redis(cls, **kwargs):
@@ -114,6 +119,7 @@ def _valkey_glide(request, tmp_path, name):
 # kind -> spec(request, tmp_path, name) -> (storage class, keyword arguments)
 BACKENDS = {
     'sqlite': _sqlite,
+    'sqlite-before-3.35': _sqlite_before_335,
     'postgres': _postgres(),
     'postgres-nonblocking': _postgres(blocking=False),
     'redis': _redis(RedisStorage),
@@ -143,7 +149,10 @@ BACKENDS = {
 # SqlHuey here runs on a Sqlite file through peewee, which eight processes at once lock out
 # ("database is locked" after peewee's timeout, consumers stalled): a known limitation, open;
 # SqlHuey's many-process use is on a database server.
-PROCESSES = sorted(set(BACKENDS) - {'memory', 'redis-pool', 'redis-sentinel-pool', 'sql-peewee'})
+PROCESSES = sorted(
+    set(BACKENDS)
+    - {'memory', 'redis-pool', 'redis-sentinel-pool', 'sql-peewee', 'sqlite-before-3.35'}
+)
 HUEY_354 = sorted(
     set(PROCESSES)
     - {'file', 'cysqlite', 'sql-peewee', 'valkey-glide'}

@@ -293,24 +293,29 @@ class SqliteStorage(SqliteWaiting, SqliteReliableDelivery, BaseStorage):
 
     def _delete_returning(self, table, where, params, columns, what):
         """Atomically delete the rows matching ``where`` and return ``columns`` of them."""
-        conn = self.conn
         if self.has_returning:
-            # fetchall() drives the statement to completion, which is when it commits.
+            # One autocommit statement; fetchall() drives it to completion, which commits.
             return self._run(
-                conn, f'delete from {table} where {where} returning {columns}', params, what
+                self.conn, f'delete from {table} where {where} returning {columns}', params, what
             ).fetchall()
-        self._run(conn, 'begin immediate', (), what)
-        try:
-            rows = conn.execute(
-                f'select id, {columns} from {table} where {where}', params
-            ).fetchall()
-            for i in range(0, len(rows), CHUNK):
-                ids = [row[0] for row in rows[i : i + CHUNK]]
-                conn.execute(f'delete from {table} where id in ({",".join("?" * len(ids))})', ids)
-            conn.execute('commit')
-        except BaseException:
-            conn.rollback()
-            raise
+        with self._transaction(what) as conn:
+            return self._delete_in(conn, table, where, params, columns)
+
+    def _delete_in(self, conn, table, where, params, columns):
+        """Inside the caller's transaction: delete the rows of ``table`` matching ``where``
+        and return their ``columns`` (DELETE ... RETURNING, or a SELECT then a DELETE by rowid
+        where sqlite is older than 3.35)."""
+        if self.has_returning:
+            sql = f'delete from {table} where {where} returning {columns}'
+            return conn.execute(sql, params).fetchall()
+        rows = conn.execute(
+            f'select rowid, {columns} from {table} where {where}', params
+        ).fetchall()
+        for i in range(0, len(rows), CHUNK):
+            rowids = [row[0] for row in rows[i : i + CHUNK]]
+            conn.execute(
+                f'delete from {table} where rowid in ({",".join("?" * len(rowids))})', rowids
+            )
         return [row[1:] for row in rows]
 
     def _transaction(self, what):

@@ -132,19 +132,24 @@ class SqliteReliableDelivery:
         def pop(conn):
             with self._transaction('dequeueing a task') as conn:
                 while True:
-                    rows = conn.execute(
-                        'delete from task where id = (select id from task where queue = ? '
-                        'order by priority desc, id limit 1) returning id, data, priority',
+                    rows = self._delete_in(
+                        conn,
+                        'task',
+                        'id = (select id from task where queue = ? '
+                        'order by priority desc, id limit 1)',
                         (self.name,),
-                    ).fetchall()
+                        'id, data, priority',
+                    )
                     if not rows:
                         return None
                     task_id, data, priority = rows[0]
-                    before = conn.execute(
-                        'delete from huey_rs_redelivery where queue = ? and task_id = ? '
-                        'and data = ? returning deliveries',
+                    before = self._delete_in(
+                        conn,
+                        'huey_rs_redelivery',
+                        'queue = ? and task_id = ? and data = ?',
                         (self.name, task_id, data),
-                    ).fetchall()
+                        'deliveries',
+                    )
                     charged = before[0][0] if before else 0
                     if not _is_count(charged):
                         why = f'its redelivery count {charged!r} is not a count'
@@ -213,12 +218,14 @@ class SqliteReliableDelivery:
         dead = []
         requeued = 0
         with self._transaction('recovering expired leases') as conn:
-            rows = conn.execute(
-                'delete from huey_rs_inflight where queue = ? and (lease_until < ? or '
-                "typeof(lease_until) not in ('integer', 'real')) "
-                'returning token, data, priority, deliveries, lease_until',
+            rows = self._delete_in(
+                conn,
+                'huey_rs_inflight',
+                'queue = ? and (lease_until < ? or '
+                "typeof(lease_until) not in ('integer', 'real'))",
                 (self.name, now),
-            ).fetchall()
+                'token, data, priority, deliveries, lease_until',
+            )
             for token, data, priority, deliveries, lease_until in rows:
                 why = _unusable_inflight(data, priority, deliveries, lease_until)
                 if why is not None:
