@@ -8,7 +8,8 @@ import pytest
 
 from huey import SqliteHuey
 from huey import signals as S
-from huey.contrib.stats import DEAD_LETTER_TASK, HueyStats, dashboard_context, enable_stats
+from huey.contrib.stats import DEAD_LETTER_TASK, HueyStats, enable_stats
+from huey.contrib.stats_dashboard import dashboard_context
 
 WAIT = 30
 

@@ -12,13 +12,13 @@ from flask_peewee.admin import AdminPanel
 from jinja2 import ChoiceLoader, FileSystemLoader
 from markupsafe import Markup
 
-from huey.contrib.stats import (
+from huey.contrib.stats import enable_stats
+from huey.contrib.stats_dashboard import (
     ACTIONS,
     NO_TASK_STATS,
     bar_chart_svg,
     dashboard_context,
     dashboard_css,
-    enable_stats,
     format_duration,
     format_elapsed,
     live_counts,

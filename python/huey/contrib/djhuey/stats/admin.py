@@ -78,7 +78,7 @@ class HueyDashboardAdmin(admin.ModelAdmin):
             raise PermissionDenied
 
     def dashboard_context(self, request):
-        from huey.contrib.stats import NO_TASK_STATS, dashboard_context, live_counts
+        from huey.contrib.stats_dashboard import NO_TASK_STATS, dashboard_context, live_counts
 
         huey = get_huey()
         stats = _stats(huey)
@@ -176,7 +176,7 @@ class HueyDashboardAdmin(admin.ModelAdmin):
     def action_view(self, request):
         if request.method != 'POST' or not self.has_action_permission(request):
             raise PermissionDenied
-        from huey.contrib.stats import ACTIONS, run_action
+        from huey.contrib.stats_dashboard import ACTIONS, run_action
 
         operation = request.POST.get('op')
         if operation in ACTIONS:

@@ -10,7 +10,7 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from huey.contrib.stats import (
+from huey.contrib.stats_dashboard import (
     bar_chart_svg,
     dashboard_css,
     format_duration,
