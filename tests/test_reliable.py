@@ -219,6 +219,54 @@ def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
     assert order == ['a', 'a done', 'suspect', 'c']
 
 
+def test_a_task_run_alone_starts_only_after_the_task_before_it_is_acked(tmp_path):
+    # A task that returned but is not acked yet is still in flight: were the charged task
+    # (perhaps the one killing its consumer) to start now, the crash would charge it again.
+    import threading
+
+    huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True, lease=30)
+    order = []
+
+    @huey.task()
+    def step(name):
+        order.append(name)
+
+    step('suspect')
+    crashed = huey.dequeue()
+    huey.storage.mark_started(crashed.delivery.token)  # ... and its process was killed
+    huey.storage.recover_expired(3, now=time.time() + 31)
+    step('a')
+    suspect, a = huey.dequeue(), huey.dequeue()
+    assert (suspect.delivery.count, a.delivery.count) == (2, 1)
+    names = {suspect.delivery.token: 'suspect', a.delivery.token: 'a'}
+    acking, finish_ack = threading.Event(), threading.Event()
+    storage_ack = huey.storage.ack
+
+    def ack(token):  # holds 'a' between its result and its ack
+        if names[token] == 'a':
+            acking.set()
+            assert finish_ack.wait(10)
+        order.append(f'acked {names[token]}')
+        return storage_ack(token)
+
+    huey.storage.ack = ack
+    turns = huey._reliable.leases().turns
+    threads = [threading.Thread(target=huey.execute, args=(a,))]
+    threads[0].start()
+    assert acking.wait(10)
+    threads.append(threading.Thread(target=huey.execute, args=(suspect,)))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not turns._waiting_alone and 'suspect' not in order:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert order == ['a']  # the suspect waits for the ack
+    finish_ack.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ['a', 'acked a', 'suspect', 'acked suspect']
+
+
 def _take_all(storage, count):
     tokens = [uuid.uuid4().hex for _ in range(count)]
     for token in tokens:

@@ -243,25 +243,23 @@ class ReliableDelivery:
         """Call ``run()`` (the task's execution) under ``task.delivery`` once it is this
         task's turn (alone when an earlier crash was charged to it) and its delivery is
         charged, then ack it unless the run lost it; an exception leaves it un-acked, to be
-        delivered again."""
+        delivered again. The turn lasts until the ack: a task run alone starts only once
+        every task that ran before it is acked, so a crash it causes charges none of them."""
         delivery = task.delivery
         leases = self.leases()
-        try:
-            with leases.turns.turn(alone=delivery.count > 1):
+        with leases.turns.turn(alone=delivery.count > 1):
+            try:
                 if not self.huey.storage.mark_started(delivery.token):
                     logger.warning('Task %s was recovered before it started.', task.id)
-                    leases.release(delivery.token)
                     delivery.owned = False
                     return None
                 value = run()
-        except BaseException:
-            leases.release(delivery.token)
-            raise
-        if delivery.owned:
-            crashpoint('after_result_before_ack')
-            leases.release(delivery.token)
-            if not self.huey.storage.ack(delivery.token):
-                logger.warning('Task %s finished after its delivery was recovered.', task.id)
+            finally:
+                leases.release(delivery.token)
+            if delivery.owned:
+                crashpoint('after_result_before_ack')
+                if not self.huey.storage.ack(delivery.token):
+                    logger.warning('Task %s finished after its delivery was recovered.', task.id)
         return value
 
     def lost(self, task):
