@@ -1,7 +1,7 @@
 """What the consumer's scheduler asks of SqliteStorage: claims (a key in ``huey_rs_claim``
-held by one owner until it expires; periodic runs are claimed this way) and the move of due tasks from ``schedule`` to ``task``
-under a move lock, so that several schedulers on one database neither double-run a periodic
-task nor move a due task twice.
+held by one owner until it expires; periodic runs are claimed this way) and the move of due
+tasks from ``schedule`` to ``task`` under a move lock, so that several schedulers on one
+database neither double-run a periodic task nor move a due task twice.
 """
 
 import time
