@@ -5,7 +5,8 @@ from huey.constants import EmptyData  # noqa: F401  (custom storages import it f
 from huey.storage.base import BaseStorage, BlackHoleStorage
 from huey.storage.file import FileStorage
 from huey.storage.memory import MemoryStorage
-from huey.storage.redis import RedisExpireStorage, RedisStorage
+from huey.storage.redis import RedisStorage
+from huey.storage.redis_expire import RedisExpireStorage
 from huey.storage.redis_priority import (
     PriorityRedisExpireStorage,
     PriorityRedisStorage,

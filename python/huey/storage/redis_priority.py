@@ -9,7 +9,8 @@ import struct
 import time
 
 from huey.exceptions import ConfigurationError
-from huey.storage.redis import RedisExpireStorage, RedisStorage
+from huey.storage.redis import RedisStorage
+from huey.storage.redis_expire import RedisExpireStorage
 
 try:
     from redis.exceptions import ResponseError
