@@ -98,6 +98,35 @@ def reference_python():
     return python
 
 
+_WHICH_HUEY = r"""
+import importlib.metadata, importlib.util, json, sys
+import huey
+print(json.dumps({
+    'version': importlib.metadata.version('huey'),
+    'native': importlib.util.find_spec('huey._native') is not None,
+    'file': huey.__file__,
+    'prefix': sys.prefix,
+}))
+"""
+
+
+def assert_is_huey_354(python):
+    """``python`` imports huey 3.5.4 itself: the distribution's version, no ``huey._native``
+    anywhere on its path, the package inside that interpreter's own prefix (not this
+    checkout, not the venv running the tests)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
+    run = subprocess.run(
+        [python, '-c', _WHICH_HUEY], capture_output=True, text=True, env=env, check=True
+    )
+    found = json.loads(run.stdout)
+    assert found['version'] == '3.5.4', found
+    assert not found['native'], found
+    assert found['file'].startswith(os.path.join(found['prefix'], '')), found
+    assert found['prefix'] != sys.prefix, found
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert not found['file'].startswith(os.path.join(here, '')), found
+
+
 # Runs under the reference interpreter: builds one huey 3.5.4 storage, then executes storage
 # calls read as JSON lines from stdin (bytes as {"b": hex}, naive datetimes as {"dt": [...]}).
 _PEER_SCRIPT = r"""

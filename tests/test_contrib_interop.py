@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from conftest import assert_is_huey_354
+
 VENV = os.path.join(os.path.expanduser('~'), '.cache', 'huey-rs', 'huey-3.5.4-contrib-venv')
 PACKAGES = ['huey==3.5.4', 'redis', 'cysqlite', 'peewee', 'valkey-glide-sync']
 
@@ -52,6 +54,10 @@ def reference_python():
                 subprocess.run([python, '-m', 'pip', 'install', '-q', *PACKAGES], check=True)
                 open(marker, 'w').close()
     return python
+
+
+def test_the_reference_is_huey_3_5_4_in_its_own_venv():
+    assert_is_huey_354(reference_python())
 
 
 @pytest.fixture(params=['cysqlite', 'sql', 'valkey'])

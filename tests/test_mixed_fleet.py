@@ -20,7 +20,7 @@ import pytest
 
 import huey as huey_package
 
-from conftest import reference_python
+from conftest import assert_is_huey_354, reference_python
 
 WAIT = 20  # seconds a producer blocks on one result; each is expected well under one
 
@@ -496,6 +496,11 @@ def fleet(request, storage, redis_server, tmp_path_factory):
     fleet.start_consumer(fleet.live_env, workers=2)
     yield fleet
     fleet.stop_consumers()
+
+
+def test_the_reference_is_huey_3_5_4_in_its_own_venv():
+    # Otherwise every "huey 3.5.4" side of this module could be huey-rs talking to itself.
+    assert_is_huey_354(reference_python())
 
 
 def test_both_sides_run_the_intended_package(fleet, reference_huey_file):
