@@ -8,8 +8,15 @@ import pytest
 
 from huey import SqliteHuey
 from huey import signals as S
-from huey.contrib.stats import DEAD_LETTER_TASK, HueyStats, enable_stats
-from huey.contrib.stats_dashboard import dashboard_context
+
+# dashboard_context and known_tasks from huey.contrib.stats, where huey 3.5.4 has them.
+from huey.contrib.stats import (
+    DEAD_LETTER_TASK,
+    HueyStats,
+    dashboard_context,
+    enable_stats,
+    known_tasks,
+)
 
 WAIT = 30
 
@@ -201,3 +208,21 @@ def test_stats_and_a_reliable_sqlite_queue_share_one_database_file(tmp_path):
     finally:
         stats.close()
         huey.storage.close()
+
+
+def test_known_tasks_lists_the_registered_tasks_and_whether_they_are_revoked(tmp_path):
+    huey = SqliteHuey('known', filename=str(tmp_path / 'known.db'))
+
+    @huey.task()
+    def alpha():
+        pass
+
+    @huey.task()
+    def beta():
+        pass
+
+    alpha.revoke()
+    rows = {row['task']: row for row in known_tasks(huey)}
+    assert set(rows) == {'alpha', 'beta'}
+    assert (rows['alpha']['revoked'], rows['beta']['revoked']) == (True, False)
+    assert rows['alpha']['full'].endswith('.alpha')

@@ -31,6 +31,26 @@ import time
 
 from huey import signals as S
 
+# What the dashboards show and do lives in stats_dashboard; huey 3.5.4 had it here, so it is
+# importable from here too.
+from huey.contrib.stats_dashboard import (  # noqa: F401
+    ACTIONS,
+    NO_TASK_STATS,
+    SIGNAL_COLOURS,
+    bar_chart_svg,
+    dashboard_context,
+    dashboard_css,
+    format_duration,
+    format_elapsed,
+    known_tasks,
+    live_counts,
+    pending_tasks,
+    run_action,
+    scheduled_tasks,
+    short_name,
+    signal_colour,
+)
+
 try:
     import peewee
 except ImportError as exc:
@@ -124,11 +144,6 @@ def _resolve_db(db):
 
 def _task_name(task_class):
     return f'{task_class.__module__}.{task_class.__name__}'
-
-
-def short_name(name):
-    """A task's name without its module."""
-    return name.rsplit('.', 1)[-1]
 
 
 class HueyStats:

@@ -7,7 +7,11 @@ import functools
 import os
 
 from huey import signals as S
-from huey.contrib.stats import short_name
+
+
+def short_name(name):
+    """A task's name without its module."""
+    return name.rsplit('.', 1)[-1]
 
 
 # What dashboards show besides the recorded events --------------------------------------
