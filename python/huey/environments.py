@@ -17,7 +17,8 @@ try:
     import gevent
     from gevent import Greenlet, monkey
     from gevent.event import Event as GreenEvent
-except ImportError:
+except Exception:  # not installed, or broken (a gevent built for another greenlet): only
+    # greenlet workers need it, and they say so when it is missing.
     gevent = Greenlet = GreenEvent = monkey = None
 
 from huey.constants import WORKER_GREENLET, WORKER_PROCESS, WORKER_THREAD
