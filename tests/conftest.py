@@ -90,8 +90,11 @@ def reference_python():
                     subprocess.run(
                         [sys.executable, '-m', 'venv', '--clear', REFERENCE_VENV], check=True
                     )
+                # --prefer-binary: the newest release with a wheel for this Python (a
+                # minimal machine has no compiler for an sdist, e.g. gevent on Python 3.9).
                 subprocess.run(
-                    [python, '-m', 'pip', 'install', '-q', *REFERENCE_PACKAGES], check=True
+                    [python, '-m', 'pip', 'install', '-q', '--prefer-binary', *REFERENCE_PACKAGES],
+                    check=True,
                 )
                 with open(marker, 'w') as fh:
                     fh.write(wanted)

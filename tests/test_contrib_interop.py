@@ -52,7 +52,10 @@ def reference_python():
             fcntl.flock(lock, fcntl.LOCK_EX)  # One builder when test processes race.
             if not os.path.exists(marker):
                 subprocess.run([sys.executable, '-m', 'venv', '--clear', VENV], check=True)
-                subprocess.run([python, '-m', 'pip', 'install', '-q', *PACKAGES], check=True)
+                subprocess.run(
+                    [python, '-m', 'pip', 'install', '-q', '--prefer-binary', *PACKAGES],
+                    check=True,
+                )
                 open(marker, 'w').close()
     return python
 
