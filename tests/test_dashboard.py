@@ -242,8 +242,9 @@ def test_dashboard_in_chromium_against_a_live_consumer(tmp_path, monkeypatch):
             expect(page.locator('#notice')).to_contain_text('Requeued 1 dead letter')
             expect(page.locator(f'#letter-{letter}')).to_have_count(0)
             expect(page.locator('#dead-letters-count')).to_have_text('0')
-            # The requeued message is the same task: the consumer runs it and stores 42.
-            assert huey.result(task.id, blocking=True, timeout=WAIT) == 42
+            # The requeued message is the same task: the consumer runs it and stores 42 (read
+            # with preserve=True: a plain read takes the result away, and the count with it).
+            assert huey.result(task.id, blocking=True, timeout=WAIT, preserve=True) == 42
             expect(page.locator('#results-count')).to_have_text(
                 str(results_before + 6), timeout=WAIT * 1000
             )
