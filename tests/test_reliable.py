@@ -6,6 +6,7 @@ import os
 import random
 import select
 import signal
+import threading
 import time
 import uuid
 
@@ -178,9 +179,24 @@ def test_recovery_sets_over_cap_messages_aside_in_the_same_step(kind, tmp_path, 
     assert huey.storage.inflight_items() == [] and huey.pending_count() == 0
 
 
-def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
-    import threading
+def _run_a_then_the_suspect(huey, a, a_reached, suspect, order):
+    """Execute task ``a`` in a thread until it sets ``a_reached``, then the ``suspect``
+    (charged by an earlier crash) in another; return the two threads once the suspect waits
+    for its turn to run alone (or has started, recorded in ``order``, where it should not)."""
+    turns = huey._reliable.leases().turns
+    threads = [threading.Thread(target=huey.execute, args=(a,))]
+    threads[0].start()
+    assert a_reached.wait(10)
+    threads.append(threading.Thread(target=huey.execute, args=(suspect,)))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not turns._waiting_alone and 'suspect' not in order:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return threads
 
+
+def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
     huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True, lease=30)
     order = []
     a_running, release_a = threading.Event(), threading.Event()
@@ -201,16 +217,7 @@ def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
     step('c')
     suspect, a, c = huey.dequeue(), huey.dequeue(), huey.dequeue()
     assert (suspect.delivery.count, a.delivery.count, c.delivery.count) == (2, 1, 1)
-    turns = huey._reliable.leases().turns
-    threads = [threading.Thread(target=huey.execute, args=(a,))]
-    threads[0].start()
-    assert a_running.wait(10)
-    threads.append(threading.Thread(target=huey.execute, args=(suspect,)))
-    threads[1].start()
-    deadline = time.monotonic() + 10
-    while not turns._waiting_alone:  # the suspect waits for 'a' to end
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    threads = _run_a_then_the_suspect(huey, a, a_running, suspect, order)
     threads.append(threading.Thread(target=huey.execute, args=(c,)))
     threads[2].start()  # arrives after the suspect: waits for it
     release_a.set()
@@ -222,8 +229,6 @@ def test_a_task_charged_by_an_earlier_crash_runs_alone(tmp_path):
 def test_a_task_run_alone_starts_only_after_the_task_before_it_is_acked(tmp_path):
     # A task that returned but is not acked yet is still in flight: were the charged task
     # (perhaps the one killing its consumer) to start now, the crash would charge it again.
-    import threading
-
     huey = SqliteHuey('rel', filename=str(tmp_path / 'q.db'), reliable=True, lease=30)
     order = []
 
@@ -250,16 +255,7 @@ def test_a_task_run_alone_starts_only_after_the_task_before_it_is_acked(tmp_path
         return storage_ack(token)
 
     huey.storage.ack = ack
-    turns = huey._reliable.leases().turns
-    threads = [threading.Thread(target=huey.execute, args=(a,))]
-    threads[0].start()
-    assert acking.wait(10)
-    threads.append(threading.Thread(target=huey.execute, args=(suspect,)))
-    threads[1].start()
-    deadline = time.monotonic() + 10
-    while not turns._waiting_alone and 'suspect' not in order:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    threads = _run_a_then_the_suspect(huey, a, acking, suspect, order)
     assert order == ['a']  # the suspect waits for the ack
     finish_ack.set()
     for thread in threads:
@@ -379,8 +375,6 @@ def _command_calls(client, command):
 
 
 def test_redis_reliable_dequeue_blocks_on_the_server(redis_db):
-    import threading
-
     import redis
 
     huey = RedisHuey('rel', reliable=True, lease=30, read_timeout=5, **redis_db.connection_params)
