@@ -247,19 +247,25 @@ class ReliableDelivery:
         every task that ran before it is acked, so a crash it causes charges none of them."""
         delivery = task.delivery
         leases = self.leases()
-        with leases.turns.turn(alone=delivery.count > 1):
-            try:
-                if not self.huey.storage.mark_started(delivery.token):
-                    logger.warning('Task %s was recovered before it started.', task.id)
-                    delivery.owned = False
-                    return None
-                value = run()
-            finally:
-                leases.release(delivery.token)
-            if delivery.owned:
-                crashpoint('after_result_before_ack')
-                if not self.huey.storage.ack(delivery.token):
-                    logger.warning('Task %s finished after its delivery was recovered.', task.id)
+        try:
+            with leases.turns.turn(alone=delivery.count > 1):
+                try:
+                    if not self.huey.storage.mark_started(delivery.token):
+                        logger.warning('Task %s was recovered before it started.', task.id)
+                        delivery.owned = False
+                        return None
+                    value = run()
+                finally:
+                    leases.release(delivery.token)
+                if delivery.owned:
+                    crashpoint('after_result_before_ack')
+                    if not self.huey.storage.ack(delivery.token):
+                        logger.warning(
+                            'Task %s finished after its delivery was recovered.', task.id
+                        )
+        except BaseException:
+            leases.release(delivery.token)  # e.g. interrupted while waiting for its turn
+            raise
         return value
 
     def lost(self, task):
