@@ -45,8 +45,8 @@ except ImportError:
     except ImportError as exc:
         raise ImportError(
             'huey.contrib.djhuey.tasks_backend needs Django 6 (django.tasks) or the '
-            'django-tasks backport 0.9 or newer (Python 3.10+): run "pip install '
-            'huey-rs[django-tasks]" (or "pip install \'django-tasks>=0.9\'") to install it.'
+            'django-tasks backport, 0.9 or newer (Python 3.10+): run "pip install '
+            'huey-rs[django-tasks]" (or "pip install django-tasks") to install it.'
         ) from exc
     try:
         from django_tasks.exceptions import InvalidTask
