@@ -233,8 +233,20 @@ class PostgresStorage(PostgresConnections, PostgresReliableDelivery, BaseSqlStor
             )
 
     def _create(self, statements, first_table):
-        """Run ``statements`` unless ``first_table`` exists; the other prefixes' tables
-        when it did not."""
+        """Run ``statements`` (``create ... if not exists``); returns the other prefixes'
+        tables when ``first_table`` did not exist. The advisory lock serializes huey-rs
+        processes only: a huey 3.5.4 process creating the same table at the same moment
+        makes PostgreSQL report a duplicate, and the next attempt finds the table there."""
+        errors = driver().errors
+        duplicate = (errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject)
+        for attempt in range(5):
+            try:
+                return self._create_once(statements, first_table)
+            except duplicate:
+                if attempt == 4:
+                    raise
+
+    def _create_once(self, statements, first_table):
         conn = self._connect()
         try:
             with conn.transaction():
