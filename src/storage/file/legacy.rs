@@ -129,6 +129,10 @@ fn import_claim(claim: &Path, id: u64, queue: &Queue, journal: &ScheduleJournal)
     for path in schedule_files {
         sys::remove_if_exists(&path)?;
     }
+    // A process killed while applying this claim's import plan left its files in place:
+    // finish that plan (which removes them) before reading what is left, or they would be
+    // imported twice.
+    queue.settle_import()?;
     let queue_dir = claim.join("queue");
     let mut messages = Vec::new();
     for name in sorted_names(&queue_dir)? {
@@ -199,5 +203,43 @@ mod tests {
         assert!(is_schedule_name("018f2a3b4c5d.012"));
         assert!(!is_schedule_name("journal"));
         assert!(!is_schedule_name("018f2a3b4c5d.tmp"));
+    }
+
+    #[test]
+    fn a_claim_whose_import_was_cut_short_is_imported_once() {
+        let root = std::env::temp_dir().join(format!("huey-rs-legacy-cut-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let report: crate::storage::file::frame::Report = std::sync::Arc::new(|_| Ok(()));
+        let queue = Queue::open(root.join("queue.d"), false, true, report.clone()).unwrap();
+        let tmp = TmpDir::new(root.join("tmp"), false);
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        let journal =
+            ScheduleJournal::open(root.join("schedule.d"), tmp.clone(), true, report).unwrap();
+        let claim = root
+            .join("import")
+            .join(format!("{:016x}", 7))
+            .join("queue");
+        fs::create_dir_all(&claim).unwrap();
+        let mut messages = Vec::new();
+        for i in 0..3u8 {
+            fs::write(claim.join(format!("fffe-00000000000{i}")), [b'm', i]).unwrap();
+            messages.push((1, vec![b'm', i]));
+        }
+        // A first opener planned the import and was killed before applying it.
+        queue
+            .import_killed_after_planning(&messages, &claim)
+            .unwrap();
+        // The next opener finds the claim with its files still there.
+        take_over(&root, &queue, &journal, &tmp, true).unwrap();
+        let mut got = Vec::new();
+        while let Some(data) = queue.dequeue().unwrap() {
+            got.push(data);
+        }
+        assert_eq!(
+            got,
+            messages.into_iter().map(|(_, m)| m).collect::<Vec<_>>()
+        );
+        assert!(!root.join("import").exists());
+        let _ = fs::remove_dir_all(&root);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use super::{encode_message, position, split, Queue, State, MAX_PRIORITY};
 use crate::storage::file::frame::{self, Damage};
+use crate::storage::file::index::Index;
 use crate::storage::file::sys::{self, Context, Result};
 
 /// The plan of an import being applied (see `Queue::import`), and its records' magic and
@@ -28,7 +29,28 @@ impl Queue {
     /// removed before the plan, and the plan before the word is cleared.
     pub fn import(&self, messages: &[(usize, Vec<u8>)], claim: &Path) -> Result<()> {
         let mut locked = self.locked()?;
-        let index = locked.index();
+        self.plan_import(locked.index(), messages, claim)?;
+        self.finish_import(&mut locked.state)
+    }
+
+    /// What a process killed between planning an import and applying it leaves behind.
+    #[cfg(test)]
+    pub(in crate::storage::file) fn import_killed_after_planning(
+        &self,
+        messages: &[(usize, Vec<u8>)],
+        claim: &Path,
+    ) -> Result<()> {
+        let locked = self.locked()?;
+        self.plan_import(locked.index(), messages, claim)
+    }
+
+    /// The first half of `import`: write its plan and set the `importing` word.
+    fn plan_import(
+        &self,
+        index: &Index,
+        messages: &[(usize, Vec<u8>)],
+        claim: &Path,
+    ) -> Result<()> {
         let mut by_priority: BTreeMap<usize, (Vec<u8>, u64)> = BTreeMap::new();
         for (priority, data) in messages {
             let (records, count) = by_priority.entry(*priority).or_default();
@@ -59,8 +81,13 @@ impl Queue {
             fs::rename(&tmp, &path)
         });
         written.on(&path)?;
-        locked.index().importing().store(1, Ordering::SeqCst);
-        self.finish_import(&mut locked.state)
+        index.importing().store(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Finish an import that a killed process left half applied (locking does it).
+    pub fn settle_import(&self) -> Result<()> {
+        self.locked().map(drop)
     }
 
     /// Apply the plan of an import whose `importing` word is set (see `import`).
