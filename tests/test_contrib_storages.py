@@ -14,6 +14,7 @@ import pytest
 from glide_sync import GlideClient, GlideClientConfiguration, NodeAddress
 
 from huey import CySqliteHuey
+from huey.signals import SIGNAL_COMPLETE
 from huey.contrib.sql_huey import SqlHuey, SqlStorage
 from huey.contrib.valkey_glide import ValkeyGlideHuey, ValkeyGlideStorage
 from huey.exceptions import ConfigurationError
@@ -82,11 +83,19 @@ def test_consumer_runs_tasks_retries_and_scheduled_tasks(make_huey, start_consum
     assert [r.get(blocking=True, timeout=WAIT) for r in results] == [2 * i for i in range(10)]
     scheduled = add.schedule((20, 1), delay=0.2)
     assert scheduled.get(blocking=True, timeout=WAIT) == 21
+    # The first attempt's error is stored too (store_intermediate_errors): read the result
+    # only once the retry has completed and overwritten it.
+    completed = threading.Event()
+
+    @huey.signal(SIGNAL_COMPLETE)
+    def on_complete(signal, task):
+        if isinstance(task, flaky.task_class):
+            completed.set()
+
     retried = flaky('k')
-    deadline = time.monotonic() + WAIT
-    while len(attempts) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert retried.get(blocking=True, timeout=WAIT) == 2
+    assert completed.wait(WAIT)
+    assert attempts == ['k', 'k']
+    assert retried.get() == 2
     assert huey.pending_count() == 0
 
 
