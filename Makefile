@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: demo test test-rust test-python dev wheel wheels wheel-matrix lint bench bench-quick \
-	bench-metrics soak crash-matrix redis-server postgres prometheus chromium clean
+	bench-metrics soak crash-matrix conformance redis-server postgres prometheus chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -121,6 +121,16 @@ bench-metrics: redis-server dev
 soak: redis-server dev
 	$(PY) benches/soak.py --storage redis --tasks 200000
 	$(PY) benches/soak.py --storage sqlite --tasks 200000
+
+# huey 3.5.4's own test suite (fetched at run time by the shared conformance runner, never
+# kept here) against the `huey` that CONFORMANCE_PYTHON imports (default: the editable build),
+# with every optional backend and a throwaway PostgreSQL. It fails on any failed test.
+CONFORMANCE ?= ../shared/conformance/run
+CONFORMANCE_PYTHON ?= $(abspath $(PY))
+conformance: redis-server postgres dev
+	@test -x "$(CONFORMANCE)" || { echo "make conformance: no runner at $(CONFORMANCE);" \
+		"set CONFORMANCE=/path/to/conformance/run" >&2; exit 1; }
+	$(PY) tests/postgres_server.py run -- "$(CONFORMANCE)" --all --python "$(CONFORMANCE_PYTHON)"
 
 # The crash matrix of `make test`, with ten times the tasks per cell.
 crash-matrix: redis-server postgres dev
