@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: demo test test-rust test-python dev wheel wheels wheel-matrix lint bench bench-quick \
-	bench-metrics soak crash-matrix conformance redis-server postgres prometheus chromium clean
+	bench-metrics soak crash-matrix chaos conformance redis-server postgres prometheus chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -121,6 +121,10 @@ bench-metrics: redis-server dev
 soak: redis-server dev
 	$(PY) benches/soak.py --storage redis --tasks 200000
 	$(PY) benches/soak.py --storage sqlite --tasks 200000
+
+# The chaos test of `make test` with 10 SIGKILLs per cell instead of 3; prints its table.
+chaos: redis-server postgres dev
+	HUEY_CHAOS_KILLS=10 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_chaos.py
 
 # huey 3.5.4's own test suite (fetched at run time by the shared conformance runner, never
 # kept here) against the `huey` that CONFORMANCE_PYTHON imports (default: the editable build),
