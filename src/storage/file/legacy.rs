@@ -207,8 +207,8 @@ mod tests {
 
     #[test]
     fn a_claim_whose_import_was_cut_short_is_imported_once() {
-        let root = std::env::temp_dir().join(format!("huey-rs-legacy-cut-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = crate::storage::file::sys::Scratch::new("legacy-cut");
+        let root = scratch.0.clone();
         let report: crate::storage::file::frame::Report = std::sync::Arc::new(|_| Ok(()));
         let queue = Queue::open(root.join("queue.d"), false, true, report.clone()).unwrap();
         let tmp = TmpDir::new(root.join("tmp"), false);
@@ -240,6 +240,5 @@ mod tests {
             messages.into_iter().map(|(_, m)| m).collect::<Vec<_>>()
         );
         assert!(!root.join("import").exists());
-        let _ = fs::remove_dir_all(&root);
     }
 }
