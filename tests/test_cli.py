@@ -16,16 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import huey as huey_package
-
 WAIT = 15  # seconds to wait for something that should take well under one
-
-HAS_SQLITE = hasattr(huey_package, 'SqliteHuey')
-needs_sqlite = pytest.mark.skipif(
-    not HAS_SQLITE,
-    reason='TODO: needs SqliteHuey (a queue shared between this process and the consumer '
-    'subprocess); it is not merged in this tree yet',
-)
 
 COMMAND = [sys.executable, '-m', 'huey.bin.huey_consumer']
 SCRIPT = Path(sys.executable).with_name('huey_consumer')
@@ -427,7 +418,6 @@ def shared_app(app_dir, monkeypatch):
     sys.modules.pop('app', None)
 
 
-@needs_sqlite
 @pytest.mark.parametrize('worker_type', ['thread', 'process', 'greenlet'])
 def test_task_enqueued_here_is_executed_by_the_consumer(start, shared_app, worker_type):
     consumer = start('app.huey', '-k', worker_type, '-w', '2')
@@ -438,7 +428,6 @@ def test_task_enqueued_here_is_executed_by_the_consumer(start, shared_app, worke
     assert len(consumer.matches(r'app\.add: \S+ executed in')) == 5
 
 
-@needs_sqlite
 def test_scheduled_task_enqueued_here_runs_after_its_delay(start, shared_app):
     consumer = start('app.huey')
     consumer.wait_for(r'worker-up')

@@ -20,8 +20,7 @@ import gevent.event
 import gevent.select
 import pytest
 
-import huey as huey_package
-from huey import MemoryHuey, crontab
+from huey import FileHuey, MemoryHuey, SqliteHuey, crontab
 from huey import signals as S
 from huey.consumer import Consumer
 from huey.exceptions import ConfigurationError, TaskException
@@ -31,19 +30,10 @@ WAIT = 10  # seconds a test waits for something that should take milliseconds
 # Process workers fork: a MemoryHuey's queue is copied into the child at fork time, so tasks
 # enqueued before start() run there, but results written by the child never reach this
 # process. Reading results back needs a storage shared across fork.
-SHARED_STORAGE = next(
-    (
-        getattr(huey_package, name)
-        for name in ('FileHuey', 'SqliteHuey')
-        if hasattr(huey_package, name)
-    ),
-    None,
-)
-needs_shared_storage = pytest.mark.skipif(
-    SHARED_STORAGE is None,
-    reason='TODO: process-worker results need a storage shared across fork (FileHuey or '
-    'SqliteHuey), not merged in this tree yet',
-)
+SHARED_STORAGES = {
+    'file': lambda tmp_path: FileHuey('consumer-tests', path=str(tmp_path / 'queue')),
+    'sqlite': lambda tmp_path: SqliteHuey('consumer-tests', filename=str(tmp_path / 'q.db')),
+}
 
 
 class Recorder:
@@ -246,13 +236,9 @@ def test_process_workers_run_tasks_in_child_processes(harness, huey):
     assert child_pid != os.getpid()
 
 
-@needs_shared_storage
-def test_process_workers_results_through_shared_storage(harness, tmp_path):
-    name = SHARED_STORAGE.__name__
-    path = str(tmp_path / 'queue.db') if name == 'SqliteHuey' else str(tmp_path / 'queue')
-    shared = SHARED_STORAGE(
-        'consumer-tests', **({'filename': path} if name == 'SqliteHuey' else {'path': path})
-    )
+@pytest.mark.parametrize('storage', sorted(SHARED_STORAGES))
+def test_process_workers_results_through_shared_storage(harness, tmp_path, storage):
+    shared = SHARED_STORAGES[storage](tmp_path)
 
     @shared.task()
     def pid_of(n):

@@ -1,6 +1,7 @@
 """huey.contrib.mini: MiniHuey on real gevent greenlets."""
 
 import datetime
+import time
 
 import pytest
 
@@ -10,6 +11,14 @@ from gevent.event import Event  # noqa: E402
 
 from huey import crontab  # noqa: E402
 from huey.contrib.mini import MiniHuey, MiniHueyResult  # noqa: E402
+
+
+def wait_until(condition, timeout=10):
+    """Yield to other greenlets until ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, 'condition not met in time'
+        gevent.sleep(0.01)
 
 
 @pytest.fixture
@@ -55,10 +64,17 @@ def test_tasks_run_concurrently_up_to_pool_size():
         gate.wait(5)
         return n
 
+    calling = Event()
+
+    def call_third():
+        calling.set()  # Does not switch: this greenlet goes straight on into the call.
+        return wait(2)
+
     first = [wait(0), wait(1)]
     # A full pool makes the caller wait for a free greenlet (gevent Pool semantics).
-    third = gevent.spawn(wait, 2)
-    gevent.sleep(0.05)
+    third = gevent.spawn(call_third)
+    assert calling.wait(5)
+    wait_until(lambda: len(running) >= 2)
     assert running == [0, 1] and not third.ready()
     gate.set()
     assert [r.get(timeout=5) for r in first] == [0, 1]
@@ -126,27 +142,38 @@ def test_periodic_task_runs_when_validate_accepts_the_minute(mini):
     assert seen and isinstance(seen[0], datetime.datetime) and seen[0].tzinfo is None
 
 
-def test_periodic_check_runs_once_per_minute(mini):
+def test_periodic_check_runs_once_per_minute():
+    # Not started: the test makes the scheduler passes itself, at times it chooses, so the
+    # wall clock crossing a minute cannot change the outcome.
+    huey = MiniHuey()
     runs = []
 
-    @mini.periodic_task(lambda now: True)
+    @huey.periodic_task(lambda now: True)
     def tick():
-        runs.append(now_minute())
+        runs.append(1)
 
-    def now_minute():
-        return datetime.datetime.now().replace(second=0, microsecond=0)
+    def passes_during(minute):
+        """Ten scheduler passes spread over ``minute``; returns how many runs they caused."""
+        before = len(runs)
+        for second in range(0, 60, 6):
+            huey._tick(minute + datetime.timedelta(seconds=second))
+        assert huey._pool.join(timeout=5)
+        return len(runs) - before
 
-    start_minute = mini._last_check
-    gevent.sleep(0.1)  # Ten scheduler passes.
-    if now_minute() == start_minute:
-        assert runs == []  # Still the minute the runner started in: nothing due.
-    mini._last_check -= datetime.timedelta(minutes=1)
-    gevent.sleep(0.1)  # Ten more passes: one run per new minute, not one per pass.
-    assert len(runs) == len(set(runs)) >= 1
+    created = huey._last_check
+    assert passes_during(created) == 0  # The minute it was created in: nothing due.
+    assert passes_during(created + datetime.timedelta(minutes=1)) == 1
+    assert passes_during(created + datetime.timedelta(minutes=2)) == 1
 
 
 def test_broken_validate_function_does_not_stop_the_runner(mini):
-    @mini.task(lambda now: 1 / 0)
+    called = Event()
+
+    def broken_validate(now):
+        called.set()
+        return 1 / 0
+
+    @mini.task(broken_validate)
     def broken():
         pass
 
@@ -155,7 +182,7 @@ def test_broken_validate_function_does_not_stop_the_runner(mini):
         return a + b
 
     mini._last_check -= datetime.timedelta(minutes=1)
-    gevent.sleep(0.05)
+    assert called.wait(5)
     assert not mini._run_t.dead
     assert add.schedule((1, 2), delay=0.02).get(timeout=5) == 3
 
@@ -172,7 +199,9 @@ def test_start_stop_and_restart(mini):
     def add(a, b):
         return a + b
 
-    pending = add.schedule((1, 1), delay=0.01)
+    pending = add.schedule((1, 1), eta=datetime.datetime.now())  # Due at once.
+    # Deliberate sleep: five scheduler intervals, in which a runner still going would have
+    # started the due task.
     gevent.sleep(0.05)
     assert not pending.ready()  # Stopped: nothing moves the schedule.
     mini.start()

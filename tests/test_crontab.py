@@ -172,6 +172,8 @@ def test_unparseable_pieces_are_ignored_unless_strict():
     validate = crontab(minute='5,bogus')
     assert validate(datetime.datetime(2026, 1, 1, 0, 5))
     assert not validate(datetime.datetime(2026, 1, 1, 0, 6))
+    with pytest.raises(ValueError, match="'bogus' is not a valid minute"):
+        crontab(minute='5,bogus', strict=True)
 
 
 @pytest.mark.parametrize('value', [-1, -5])
@@ -191,6 +193,8 @@ def test_wrong_types():
 @given(text=st.text(max_size=12), strict=st.booleans())
 def test_random_strings_raise_only_value_error(text, strict):
     try:
-        crontab(minute=text, strict=strict)
-    except ValueError:
-        pass
+        validate = crontab(minute=text, strict=strict)
+    except Exception as exc:
+        assert isinstance(exc, ValueError), repr(exc)
+    else:  # accepted: the result is a working validator
+        assert isinstance(validate(datetime.datetime(2026, 1, 1, 0, 0)), bool)
