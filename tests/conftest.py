@@ -20,7 +20,7 @@ import types
 
 import pytest
 
-from redis_servers import RedisServer  # tests/ is on sys.path (pytest puts it there)
+from redis_servers import RedisServer, acl_rules  # tests/ is on sys.path (pytest puts it there)
 
 
 @pytest.fixture(scope='session')
@@ -344,9 +344,9 @@ def redis_acl_server():
     server = RedisServer(
         [
             '--user',
-            *'default on >admin-secret ~* &* +@all'.split(),
+            *acl_rules('default on >admin-secret ~* &* +@all').split(),
             '--user',
-            *f'huey on >huey-secret {REDIS_ACL_RULES}'.split(),
+            *acl_rules(f'huey on >huey-secret {REDIS_ACL_RULES}').split(),
         ],
         admin=('default', 'admin-secret'),
         params={'username': 'huey', 'password': 'huey-secret'},

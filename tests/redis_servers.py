@@ -7,7 +7,9 @@ directory and is stopped by ``cleanup()``. A missing binary fails the test with 
 saying how to install it.
 """
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,13 +26,47 @@ RESERVED_PORTS = {6379, 26379}  # The conformance suite owns the default port.
 HOST = '127.0.0.1'
 
 
-def free_port():
+CLUSTER_BUS_OFFSET = 10000  # Before Redis 7.0 a cluster node's bus port is its port + this.
+
+
+def free_port(with_bus=False):
+    """A free loopback port; ``with_bus``: one whose cluster bus port (+10000) is free too."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
             port = sock.getsockname()[1]
-        if port not in RESERVED_PORTS:
+        if port in RESERVED_PORTS:
+            continue
+        if not with_bus:
             return port
+        if port + CLUSTER_BUS_OFFSET <= 65535:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((HOST, port + CLUSTER_BUS_OFFSET))
+                except OSError:
+                    continue
+            return port
+
+
+@functools.cache
+def server_version():
+    """(major, minor) of the redis-server the tests start: Redis 6.0 (Debian 11) lacks a few
+    things the tests use by default (a separate cluster bus port, channel ACLs, write-only
+    pauses), and the deployments here do without them there."""
+    out = subprocess.run(
+        [binary('redis-server'), '--version'], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r'v=(\d+)\.(\d+)', out)
+    assert found, f'cannot read the version of redis-server from {out!r}'
+    return int(found.group(1)), int(found.group(2))
+
+
+def acl_rules(rules):
+    """``rules`` as this server takes them: before Redis 6.2 there are no channel permissions
+    (every user may use every channel) and ACL rejects ``resetchannels`` and ``&`` patterns."""
+    if server_version() >= (6, 2):
+        return rules
+    return ' '.join(r for r in rules.split() if r != 'resetchannels' and not r.startswith('&'))
 
 
 def binary(name, package='redis-server'):
@@ -65,9 +101,14 @@ def settle_replication(master, replicas, timeout=30):
     measure what the clients lose, so they kill a master only once nothing acknowledged is
     missing from its replicas. Clients keep sending meanwhile: their writes wait (paused) and
     then meet the dead master, as in a crash."""
+    # Before Redis 6.2 a pause holds every client, this one too: the offset is read in the
+    # same transaction, before the pause takes hold.
+    mode = ['WRITE'] if server_version() >= (6, 2) else []
     with master.client() as client:
-        client.execute_command('CLIENT', 'PAUSE', 30000, 'WRITE')
-        offset = client.info('replication')['master_repl_offset']
+        pipe = client.pipeline(transaction=True)
+        pipe.execute_command('CLIENT', 'PAUSE', 30000, *mode)
+        pipe.info('replication')
+        offset = pipe.execute()[1]['master_repl_offset']
 
     def caught_up(replica):
         with replica.client() as client:
@@ -123,9 +164,13 @@ class RedisServer:
 
     def __init__(self, extra_args=(), port=None, tls=False, admin=None, params=None):
         self.binary = binary('redis-server')
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix='huey-redis-')
         self.extra_args = list(extra_args)
+        # A cluster node without --cluster-port (Redis < 7.0) listens on port + 10000 too.
+        self._bus_follows_port = (
+            '--cluster-enabled' in self.extra_args and '--cluster-port' not in self.extra_args
+        )
+        self.port = port or free_port(with_bus=self._bus_follows_port)
+        self.dir = tempfile.mkdtemp(prefix='huey-redis-')
         self.certificate = TestCertificate(self.dir) if tls else None
         self.admin = admin
         self.extra_params = dict(params or {})
@@ -190,7 +235,7 @@ class RedisServer:
     _started = False
 
     def _choose_new_ports(self):
-        self.port = free_port()
+        self.port = free_port(with_bus=self._bus_follows_port)
         args = self.extra_args
         for i, arg in enumerate(args[:-1]):
             if arg == '--cluster-port':
@@ -381,10 +426,13 @@ class RedisClusterSet:
                         'nodes.conf',
                         '--cluster-node-timeout',
                         '1000',
-                        '--cluster-port',
-                        str(free_port()),
                         '--repl-diskless-sync-delay',
                         '0',
+                        *(
+                            ['--cluster-port', str(free_port())]
+                            if server_version() >= (7, 0)
+                            else []
+                        ),
                     ]
                 )
             )
