@@ -133,9 +133,10 @@ def test_conflicting_connection_arguments(redis_db):
 
 
 def test_client_name(redis_db, client):
-    make(RedisStorage, redis_db, client_name='huey-rs-test')
+    storage = make(RedisStorage, redis_db, client_name='huey-rs-test')
     names = [c['name'] for c in client.client_list()]
     assert 'huey-rs-test' in names
+    storage.close()  # (kept open until here: a dropped storage closes its connection)
 
 
 @pytest.mark.parametrize('cls', ALL)
