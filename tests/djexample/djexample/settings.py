@@ -12,7 +12,10 @@ live in that PostgreSQL database instead: Django's tables, the queue (a Postgres
 stats tables.
 """
 
+import importlib.util
 import os
+
+import django
 
 BASE_DIR = os.environ['HUEY_DJEXAMPLE_DIR']
 
@@ -101,11 +104,14 @@ if PG_DSN:
     # peewee's URL scheme for its psycopg 3 driver.
     HUEY_STATS['database'] = 'psycopg3://' + PG_DSN.split('://', 1)[1]
 
-TASKS = {
-    'default': {
-        'BACKEND': 'huey.contrib.djhuey.tasks_backend.HueyBackend',
-    },
-}
+# Django's tasks run on huey, where a tasks framework exists (Django 6, or the django-tasks
+# backport; neither installs on Python 3.9).
+if importlib.util.find_spec('django_tasks') or django.VERSION >= (6, 0):
+    TASKS = {
+        'default': {
+            'BACKEND': 'huey.contrib.djhuey.tasks_backend.HueyBackend',
+        },
+    }
 
 # Test-only: logins in the tests hash passwords, and the default hasher is slow on purpose.
 PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']

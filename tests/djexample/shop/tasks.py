@@ -11,7 +11,10 @@ from huey.contrib.djhuey import db_task, periodic_task, task
 try:
     from django.tasks import task as django_task
 except ImportError:
-    from django_tasks import task as django_task
+    try:
+        from django_tasks import task as django_task
+    except ImportError:  # Python 3.9: neither Django 6 nor the django-tasks backport installs
+        django_task = None
 
 
 @task()
@@ -39,16 +42,16 @@ def nightly():
     return 'done'
 
 
-@django_task
-def multiply(a, b):
-    return {'product': a * b, 'pid': os.getpid()}
+if django_task is not None:  # Django tasks, run through HueyBackend
 
+    @django_task
+    def multiply(a, b):
+        return {'product': a * b, 'pid': os.getpid()}
 
-@django_task(takes_context=True)
-def attempt_number(context, label):
-    return [label, context.attempt]
+    @django_task(takes_context=True)
+    def attempt_number(context, label):
+        return [label, context.attempt]
 
-
-@django_task
-def explode():
-    raise ValueError('exploded on purpose')
+    @django_task
+    def explode():
+        raise ValueError('exploded on purpose')
