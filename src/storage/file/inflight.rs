@@ -280,40 +280,14 @@ impl Inflight {
         let _guard = self.acquire()?;
         let mut recovered = Recovered::default();
         for name in self.names()? {
-            let path = self.dir.join(&name);
-            let claimed = if name.ends_with(RECOVERING) {
-                // Left by a recovery that died: we hold the lock, so nobody else owns it.
-                path
-            } else {
-                match fs::metadata(&path) {
-                    Ok(meta) if mtime(&meta) < now => {}
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        self.set_aside_bad(
-                            &path,
-                            &[],
-                            format!("{e}"),
-                            &mut set_aside,
-                            &mut recovered,
-                        )?;
-                        continue;
-                    }
-                }
-                let claimed = self.dir.join(format!("{name}{RECOVERING}"));
-                match fs::rename(&path, &claimed) {
-                    Ok(()) => claimed,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // acked
-                    Err(e) => {
-                        self.set_aside_bad(
-                            &path,
-                            &[],
-                            format!("{e}"),
-                            &mut set_aside,
-                            &mut recovered,
-                        )?;
-                        continue;
-                    }
+            let claimed = match self.claim(&name, now) {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => continue,
+                Err(e) => {
+                    let path = self.dir.join(&name);
+                    let why = e.to_string();
+                    self.set_aside_bad(&path, &[], why, &mut set_aside, &mut recovered)?;
+                    continue;
                 }
             };
             let file = match sys::read_if_exists(&claimed) {
@@ -355,6 +329,28 @@ impl Inflight {
             sys::remove_if_exists(&claimed)?;
         }
         Ok(recovered)
+    }
+
+    /// Entry `name` renamed to its recovering name when its lease expired before `now`; None
+    /// while it is leased or once it is acked. A recovering name was left by a recovery that
+    /// died: the caller holds the lock, so nobody else owns it.
+    fn claim(&self, name: &str, now: f64) -> io::Result<Option<PathBuf>> {
+        let path = self.dir.join(name);
+        if name.ends_with(RECOVERING) {
+            return Ok(Some(path));
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if mtime(&meta) < now => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let claimed = self.dir.join(format!("{name}{RECOVERING}"));
+        match fs::rename(&path, &claimed) {
+            Ok(()) => Ok(Some(claimed)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None), // acked meanwhile
+            Err(e) => Err(e),
+        }
     }
 
     /// Set a bad entry's bytes aside with the reason, then remove it (or, when it cannot be
