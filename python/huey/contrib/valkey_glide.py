@@ -23,13 +23,12 @@ has them) and no reliable mode.
 import base64
 import os
 import threading
-import time
 
 from huey.api import RedisHuey
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
 from huey.storage.base import BaseStorage, check_limit
-from huey.storage.redis import _DEAD_HEADER, RedisStorage
+from huey.storage.redis import RedisStorage
 from huey.storage.redis_scripts import DEAD_POP, DEAD_PUT, SCHEDULE_POP
 
 try:
@@ -286,12 +285,10 @@ class ValkeyGlideStorage(BaseStorage):
     # Dead letters (RedisStorage's layout and record format) ------------------------------
 
     def put_dead_letter(self, data, reason, deliveries=1):
-        reason = str(reason).encode('utf8', 'replace')
-        record = _DEAD_HEADER.pack(time.time(), int(deliveries), len(reason)) + reason + data
         letter_id = self.conn.invoke_script(
             self._dead_put,
             keys=[self.dead_seq_key, self.dead_key, self.dead_index_key],
-            args=[record],
+            args=[RedisStorage._dead_record(data, reason, deliveries)],
         )
         return str(letter_id)
 

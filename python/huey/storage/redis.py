@@ -473,14 +473,18 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
     # Dead letters (no TTL, in every Redis storage) ---------------------------------------
 
     def put_dead_letter(self, data, reason, deliveries=1):
-        reason = str(reason).encode('utf8', 'replace')
-        record = _DEAD_HEADER.pack(time.time(), int(deliveries), len(reason)) + reason + data
         id = self._scripts.dead_put(
             keys=[self.dead_seq_key, self.dead_key, self.dead_index_key],
-            args=[record],
+            args=[self._dead_record(data, reason, deliveries)],
             client=self.conn,
         )
         return str(id)
+
+    @staticmethod
+    def _dead_record(data, reason, deliveries):
+        """A dead letter as stored in the ``huey.dead.*`` hash (``_letter`` reads it back)."""
+        reason = str(reason).encode('utf8', 'replace')
+        return _DEAD_HEADER.pack(time.time(), int(deliveries), len(reason)) + reason + data
 
     @staticmethod
     def _letter(id, record):
