@@ -408,6 +408,19 @@ class Fleet:
             'FLEET_LOG': str(self.workdir / f'{name}.log'),
         }
 
+    def create_tables(self, env):
+        """Open the app once, so its storage creates the tables before the fleet starts, as
+        a deployment's first process does. huey 3.5.4 creates its Postgres tables without a
+        lock: two processes that both find a new database empty can both try, and PostgreSQL
+        then refuses one of them (a duplicate pg_type row), huey 3.5.4's own fleets too."""
+        subprocess.run(
+            [self.consumer_python, '-c', 'import app'],
+            cwd=self.workdir,
+            env=env,
+            check=True,
+            timeout=WAIT,
+        )
+
     def start_consumer(self, env, workers, python=None):
         consumer = Consumer(
             python or self.consumer_python,
@@ -493,6 +506,8 @@ def fleet(request, storage, redis_server, tmp_path_factory):
         pg_dsn,
     )
     fleet.live_env = fleet.env('fleet')
+    if storage == 'postgres':
+        fleet.create_tables(fleet.live_env)
     fleet.start_consumer(fleet.live_env, workers=2)
     yield fleet
     fleet.stop_consumers()
