@@ -91,11 +91,12 @@ class _Closer:
 class _Listener:
     """The process's LISTEN connection and the turn to wait on it."""
 
-    __slots__ = ('pid', 'turn', 'conn', 'generation')
+    __slots__ = ('pid', 'turn', 'conn', 'generation', 'wakes')
 
     def __init__(self):
         # Made on first wait, after any gevent patching: a greenlet-aware lock then.
         self.pid, self.turn, self.conn, self.generation = os.getpid(), threading.Lock(), None, -1
+        self.wakes = 0  # notifications taken so far (counted by their taker, under the turn)
 
 
 class PostgresConnections:
@@ -267,9 +268,8 @@ class PostgresConnections:
             isinstance(timeout, (int, float)) and 0 <= timeout < math.inf  # NaN fails
         ):
             _check_timeout('timeout', timeout)
-        found = pop()
-        if found is not None or not timeout:
-            return found
+        if not timeout:
+            return pop()
         deadline = time.monotonic() + timeout
         listener = self._listener
         if listener is None or listener.pid != os.getpid():
@@ -277,15 +277,21 @@ class PostgresConnections:
                 listener = self._listener
                 if listener is None or listener.pid != os.getpid():
                     listener = self._listener = _Listener()
+        # The notifications taken before this look: one taken after it may announce a
+        # message this look missed (its taker takes one message of what may be a burst).
+        seen = listener.wakes
+        found = pop()
+        if found is not None:
+            return found
         while True:
-            # Waited for the turn: what woke the previous holder may have been a burst.
-            look = not listener.turn.acquire(blocking=False)
-            if look and not listener.turn.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            if not listener.turn.acquire(timeout=max(deadline - time.monotonic(), 0)):
                 return None
             try:
                 conn, listened = self._listening_connection(listener)
-                if look or listened:
-                    # Notifications start with LISTEN: look again once it is in place.
+                # Notifications start with LISTEN; and those taken since this thread last
+                # looked may have announced more than their takers took: look again.
+                if listened or listener.wakes != seen:
+                    seen = listener.wakes
                     found = pop()
                     if found is not None:
                         return found
@@ -299,6 +305,8 @@ class PostgresConnections:
                     notified = True
                 if not notified:
                     return None
+                listener.wakes += 1
+                seen = listener.wakes
             finally:
                 listener.turn.release()
             found = pop()
