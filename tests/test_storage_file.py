@@ -523,15 +523,13 @@ def test_consumer_killed_mid_stream_never_duplicates_and_loses_at_most_its_curre
 # -- cost does not grow with depth -------------------------------------------------------------
 
 
-def pair_cost(storage, pairs=2000):
-    best = float('inf')
-    for _ in range(3):
-        started = time.perf_counter()
-        for _ in range(pairs):
-            storage.enqueue(b'x' * 200)
-            storage.dequeue()
-        best = min(best, (time.perf_counter() - started) / pairs)
-    return best
+def pair_cost(storage, pairs=1000):
+    """Seconds per enqueue + dequeue pair, timed once."""
+    started = time.perf_counter()
+    for _ in range(pairs):
+        storage.enqueue(b'x' * 200)
+        storage.dequeue()
+    return (time.perf_counter() - started) / pairs
 
 
 def test_enqueue_dequeue_cost_is_flat_with_queue_depth(tmp_path):
@@ -542,5 +540,11 @@ def test_enqueue_dequeue_cost_is_flat_with_queue_depth(tmp_path):
     for _ in range(100_000):
         deep.enqueue(b'backlog')
     # Each pair adds one message and removes the oldest, so the depth stays where it is.
-    shallow_cost, deep_cost = pair_cost(shallow), pair_cost(deep)
-    assert deep_cost < 2 * shallow_cost, (shallow_cost, deep_cost)
+    # Rounds alternate between the two, and the best of each counts, so a burst of load on
+    # this shared machine cannot land on one side only. A cost that grew with depth would be
+    # thousands of times higher at 100,000 than at 10; equal costs pass with room for noise.
+    shallow_cost = deep_cost = float('inf')
+    for _ in range(6):
+        shallow_cost = min(shallow_cost, pair_cost(shallow))
+        deep_cost = min(deep_cost, pair_cost(deep))
+    assert deep_cost < 3 * shallow_cost, (shallow_cost, deep_cost)
