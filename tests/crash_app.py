@@ -240,3 +240,23 @@ def tally(cell, expected):
 def write_app(path):
     (path / 'crashapp.py').write_text(APP)
     return path
+
+
+COUNTS = ('enqueued', 'completed', 'duplicated', 'lost', 'dead')
+
+
+def report(rows, path, broken, title=''):
+    """Print the books of ``(cell, tally)`` rows, one line per cell (named as
+    storage/worker/point/mode), write them to ``path``, and fail naming every promise
+    ``broken(cell, tally)`` finds broken; ``title`` heads the table and the failure."""
+    header = f'{"cell":44} ' + ' '.join(f'{c:>10}' for c in COUNTS)
+    lines = [title] if title else []
+    lines += [header, '-' * len(header)]
+    for cell, r in rows:
+        counts = ' '.join(f'{r[c]:>10}' for c in COUNTS)
+        lines.append(f'{str(cell):44} {counts}')
+    table = '\n'.join(lines)
+    print('\n' + table)
+    path.write_text(table + '\n')
+    failures = [f'{cell}: {problem} {r}' for cell, r in rows for problem in broken(cell, r)]
+    assert not failures, '\n'.join(([title] if title else []) + failures)

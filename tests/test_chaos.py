@@ -22,7 +22,7 @@ import threading
 import time
 
 import pytest
-from crash_app import WORKERS, Cell, tally, write_app
+from crash_app import WORKERS, Cell, report, tally, write_app
 
 KILLS = int(os.environ.get('HUEY_CHAOS_KILLS', '3'))
 SEED = int(os.environ.get('HUEY_CHAOS_SEED', random.randrange(2**32)))
@@ -134,19 +134,5 @@ def test_chaos(app_dir, redis_server, postgres_server, tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = {pool.submit(run_cell, cell, rng): cell for cell, rng in cells}
         rows = [(futures[f], tally(futures[f], f.result())) for f in futures]
-    header = (
-        f'{"storage":14} {"worker":8} {"mode":8} {"kills":>5} {"tasks":>6} {"completed":>9} '
-        f'{"duplicated":>10} {"lost":>5} {"dead":>5}'
-    )
-    lines = [f'chaos: {KILLS} kills per cell, seed {SEED}', header, '-' * len(header)]
-    for cell, r in rows:
-        lines.append(
-            f'{cell.storage:14} {cell.worker:8} {"reliable" if cell.reliable else "default":8} '
-            f'{KILLS:>5} {r["enqueued"]:>6} {r["completed"]:>9} {r["duplicated"]:>10} '
-            f'{r["lost"]:>5} {r["dead"]:>5}'
-        )
-    table = '\n'.join(lines)
-    print('\n' + table)
-    (tmp_path_factory.getbasetemp() / 'chaos.txt').write_text(table + '\n')
-    failures = [f'{cell}: {problem} {r}' for cell, r in rows for problem in broken(cell, r)]
-    assert not failures, f'seed {SEED}\n' + '\n'.join(failures)
+    title = f'chaos: {KILLS} kills per cell, seed {SEED}'
+    report(rows, tmp_path_factory.getbasetemp() / 'chaos.txt', broken, title)

@@ -15,7 +15,7 @@ import concurrent.futures
 import os
 
 import pytest
-from crash_app import WORKERS, Cell, tally, write_app
+from crash_app import WORKERS, Cell, report, tally, write_app
 
 N = int(os.environ.get('HUEY_CRASH_MATRIX_TASKS', '20'))  # make crash-matrix raises it
 POINTS = [
@@ -68,23 +68,7 @@ def test_crash_matrix(app_dir, redis_server, postgres_server, tmp_path_factory):
             cell = futures[future]
             rows.append((cell, tally(cell, future.result())))
     rows.sort(key=lambda row: str(row[0]))
-    header = (
-        f'{"storage":8} {"worker":8} {"crash point":24} {"mode":8} {"enqueued":>8} '
-        f'{"completed":>9} {"duplicated":>10} {"lost":>5} {"dead":>5}'
-    )
-    lines = [header, '-' * len(header)]
-    for cell, r in rows:
-        lines.append(
-            f'{cell.storage:8} {cell.worker:8} {cell.point:24} '
-            f'{"reliable" if cell.reliable else "default":8} {r["enqueued"]:>8} '
-            f'{r["completed"]:>9} {r["duplicated"]:>10} {r["lost"]:>5} '
-            f'{r["dead"]:>5}'
-        )
-    table = '\n'.join(lines)
-    print('\n' + table)
-    (tmp_path_factory.getbasetemp() / 'crash_matrix.txt').write_text(table + '\n')
-    failures = [f'{cell}: {problem} {r}' for cell, r in rows for problem in _broken(cell, r)]
-    assert not failures, '\n'.join(failures)
+    report(rows, tmp_path_factory.getbasetemp() / 'crash_matrix.txt', _broken)
 
 
 def _broken(cell, r):
