@@ -11,12 +11,11 @@ users import them from ``huey.api``.
 """
 
 import datetime
-import itertools
 import logging
 import warnings
 from functools import wraps
 
-from huey import execution
+from huey import execution, scheduling
 from huey import signals as S
 from huey._native import check_seconds
 from huey.consumer import Consumer
@@ -38,7 +37,7 @@ from huey.crontab import crontab  # noqa: F401
 from huey.exceptions import RETRYING_EXCEPTIONS, CancelExecution, ConfigurationError  # noqa: F401
 from huey.exceptions import RateLimitExceeded, ResultTimeout  # noqa: F401
 from huey.exceptions import RetryTask, TaskException, TaskLockedException, TaskTimeout  # noqa: F401
-from huey.locks import RateLimit, TaskLock  # noqa: F401
+from huey.locks import RateLimit, TaskLock, flush_locks
 from huey.result import ChordResult  # noqa: F401
 from huey.storage import BlackHoleStorage, CySqliteStorage, FileStorage, MemoryStorage
 from huey.storage import PostgresStorage, SqliteStorage
@@ -514,11 +513,7 @@ class Huey:
     # -- schedule and introspection ---------------------------------------------------------
 
     def add_schedule(self, task):
-        data = self.serialize_task(task)
-        eta = task.eta or datetime.datetime.fromtimestamp(0)
-        self.storage.add_to_schedule(data, eta)
-        logger.info('Added task %s to schedule, eta %s', task.id, eta)
-        self._emit(S.SIGNAL_SCHEDULED, task)
+        scheduling.add(self, task)
 
     def read_schedule(self, timestamp=None):
         if timestamp is None:
@@ -526,42 +521,12 @@ class Huey:
         return self._dead_letters.decode_all(self.storage.read_schedule(timestamp))
 
     def move_due_to_queue(self, timestamp=None):
-        """Move the scheduled tasks due at ``timestamp`` (default: now) into the queue; the
-        consumer's scheduler calls this on every pass. SIGNAL_ENQUEUED is sent for each task
-        before any worker can take it, as huey 3.5.4's scheduler does, and the storage makes
-        the move crash-safe where it can (see ``BaseStorage.move_due_to_queue``). Returns
-        the moved tasks; an undecodable message is moved as it is, and set aside by the
-        worker that takes it."""
+        """Move the scheduled tasks due at ``timestamp`` (default: now) into the queue,
+        crash-safe where the storage can (see ``BaseStorage.move_due_to_queue``); returns
+        the moved tasks (see ``huey.scheduling.move_due``)."""
         if timestamp is None:
             timestamp = self._get_timestamp()
-        decoded = {}
-
-        def on_due(data):
-            crashpoint('mid_schedule_move')
-            try:
-                task = self.deserialize_task(data)
-            except Exception:
-                return None
-            decoded[bytes(data)] = task
-            self._emit(S.SIGNAL_ENQUEUED, task)
-            return task.priority
-
-        moved = self.storage.move_due_to_queue(timestamp, on_due)
-        if moved:
-            crashpoint('mid_schedule_move')
-        tasks = []
-        for data in moved:
-            task = decoded.get(bytes(data))
-            if task is None:
-                try:
-                    task = self.deserialize_task(data)
-                except Exception:
-                    continue  # undecodable: the worker that takes it sets it aside
-                # A storage that moved it without calling on_due: announced late rather
-                # than not at all.
-                self._emit(S.SIGNAL_ENQUEUED, task)
-            tasks.append(task)
-        return tasks
+        return scheduling.move_due(self, timestamp)
 
     def read_periodic(self, timestamp):
         if timestamp is None:
@@ -613,14 +578,7 @@ class Huey:
     def flush_locks(self, *names):
         """Delete the locks this instance knows (plus ``names``); returns the names of
         those that were held."""
-        locks = self._locks
-        if names:
-            locks = itertools.chain(locks, (f'{self.name}.lock.{n.strip()}' for n in names))
-        flushed = set()
-        for lock_key in list(locks):
-            if self.delete(lock_key):
-                flushed.add(lock_key.split('.lock.', 1)[-1])
-        return flushed
+        return flush_locks(self, names)
 
     def rate_limit(self, name, limit, per, retry=True):
         return RateLimit(self, name, limit, per, retry=retry)

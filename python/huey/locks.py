@@ -1,6 +1,7 @@
 """``TaskLock`` (mutual exclusion through ``put_if_empty``) and ``RateLimit`` (a fixed-window
 counter), both kept in the Huey instance's storage."""
 
+import itertools
 import time
 from functools import wraps
 
@@ -94,3 +95,16 @@ class RateLimit(_Decorator):
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         pass
+
+
+def flush_locks(huey, names):
+    """``Huey.flush_locks``: delete the locks ``huey`` knows plus ``names``; returns the
+    names of those that were held."""
+    locks = huey._locks
+    if names:
+        locks = itertools.chain(locks, (f'{huey.name}.lock.{n.strip()}' for n in names))
+    flushed = set()
+    for lock_key in list(locks):
+        if huey.delete(lock_key):
+            flushed.add(lock_key.split('.lock.', 1)[-1])
+    return flushed
