@@ -13,6 +13,15 @@ import time
 import types
 
 WORKERS = 2
+
+
+def held(worker):
+    """The most tasks one killed consumer can lose in default mode: one per worker running,
+    plus its prefetch buffer (huey.prefetch), prefetch - 1 per process with prefetch
+    defaulting to the number of thread or greenlet workers and to 1 for process workers."""
+    return WORKERS if worker == 'process' else 2 * WORKERS - 1
+
+
 LEASE = 1
 CAP = 3
 DRAIN_DEADLINE = 60  # seconds; a cell that has not drained by then fails

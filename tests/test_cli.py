@@ -191,6 +191,7 @@ OPTIONS = {
     '-f': '--flush-locks',
     '-L': '--extra-locks',
     '-M': '--max-tasks',
+    '-p': '--prefetch',
     '-t': '--shutdown-timeout',
     '-g': '--graceful-signal',
     '-s': '--scheduler-interval',
@@ -266,6 +267,7 @@ def test_an_app_that_fails_to_import_shows_the_users_traceback(app_dir):
         (['-s', '90'], 'scheduler'),
         (['-s', '0'], 'scheduler'),
         (['-w', '0'], 'workers'),
+        (['-p', '0'], 'prefetch'),
         (['-b', '0.5'], 'backoff'),
     ],
 )

@@ -247,6 +247,21 @@ def test_dequeue_wait_returns_queued_message_and_times_out_when_empty(storage):
     assert storage.dequeue_wait(0) is None
 
 
+def test_dequeue_many_takes_up_to_n_in_dequeue_order(storage):
+    assert storage.dequeue_many(3) == []
+    assert storage.dequeue_many(3, 0.01) == []
+    priorities = [2, None, 2, 7, None, 1, 7] if storage.priority else [None] * 7
+    for i, priority in enumerate(priorities):
+        storage.enqueue(b'%d' % i, priority)
+    expected = storage.enqueued_items()
+    taken = []
+    while batch := storage.dequeue_many(3, 0.01):
+        assert 1 <= len(batch) <= 3
+        taken.extend(batch)
+    assert taken == expected
+    assert storage.queue_size() == 0
+
+
 def test_schedule(storage):
     base = datetime.datetime(2000, 1, 2, 3, 4, 5, 250000)
     second = datetime.timedelta(seconds=1)
@@ -477,11 +492,12 @@ def _consume(spec, out_path, delivered, total):
     storage = _open(spec, 'mp')
     got = []
     while delivered.value < total:
-        data = storage.dequeue_wait(0.05)
-        if data is not None:
-            got.append(data)
+        # Up to three per call: one command each on the storages that take batches.
+        batch = storage.dequeue_many(3, 0.05)
+        if batch:
+            got.extend(batch)
             with delivered.get_lock():
-                delivered.value += 1
+                delivered.value += len(batch)
     with open(out_path, 'wb') as fh:
         fh.write(b'\n'.join(got))
     storage.close()

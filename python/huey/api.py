@@ -400,17 +400,25 @@ class Huey:
         woken wait up to that many seconds for one. Undecodable messages are set aside
         (see ``huey.dead_letters``) and the next message is tried. In reliable mode the
         task carries its ``delivery``."""
+        tasks = self.dequeue_many(1, timeout)
+        return tasks[0] if tasks else None
+
+    def dequeue_many(self, n, timeout=None):
+        """Up to ``n`` tasks taken with one storage call where the storage can (see
+        ``BaseStorage.dequeue_many``), waiting as ``dequeue`` does when the queue is empty;
+        [] when none came. Reliable mode takes one at a time (each message is leased)."""
         if self.reliable:
-            return self._reliable.dequeue(timeout)
+            task = self._reliable.dequeue(timeout)
+            return [] if task is None else [task]
         storage = self.storage
         while True:
-            data = storage.dequeue() if timeout is None else storage.dequeue_wait(timeout)
-            if data is None:
-                return None
+            batch = storage.dequeue_many(n, timeout)
+            if not batch:
+                return []
             crashpoint('after_dequeue')
-            task = self._dead_letters.decode_or_set_aside(data)
-            if task is not None:
-                return task
+            tasks = self._dead_letters.decode_all(batch)
+            if tasks:
+                return tasks
 
     def recover_expired(self, now=None):
         """Reliable mode: requeue in-flight messages whose lease expired (dead-letter those

@@ -26,6 +26,7 @@ from huey.environments import (
 from huey.exceptions import ConfigurationError
 from huey.monitor import Monitor
 from huey.periodic import PeriodicPlanner
+from huey.prefetch import Prefetch
 
 # Re-exported: huey 3.5.4 defined these here.
 from huey.constants import WORKER_GREENLET, WORKER_PROCESS  # noqa: F401
@@ -88,6 +89,8 @@ class Worker(BaseProcess):
         # Whether to let a waking storage block this worker (not for greenlets: a native
         # wait would block every greenlet in the process).
         self.storage_wait = True
+        # The consumer's shared huey.prefetch.Prefetch, or None: one message per fetch.
+        self.prefetch = None
         super().__init__(huey, stop_flag)
 
     def _run_hooks(self, hooks, kind):
@@ -102,6 +105,8 @@ class Worker(BaseProcess):
         self._run_hooks(self.huey._startup, 'startup')
 
     def shutdown(self):
+        if self.prefetch is not None:
+            self.prefetch.release()
         self._run_hooks(self.huey._shutdown, 'shutdown')
 
     def _waits_in_storage(self):
@@ -109,11 +114,12 @@ class Worker(BaseProcess):
         return self.storage_wait and storage.wakeup and not storage.blocking
 
     def loop(self, now=None):
+        fetch = self.huey.dequeue if self.prefetch is None else self.prefetch.next
         try:
             if self._waits_in_storage():
-                task = self.huey.dequeue(timeout=min(self.max_delay, MAX_STORAGE_WAIT))
+                task = fetch(timeout=min(self.max_delay, MAX_STORAGE_WAIT))
             else:
-                task = self.huey.dequeue()
+                task = fetch()
         except Exception:
             self.read_failures += 1
             if self.read_failures == 1:
@@ -242,7 +248,9 @@ class Scheduler(BaseProcess):
 class Consumer:
     """Runs the workers and the scheduler for a Huey instance and handles OS signals:
     the graceful signal (SIGINT, or SIGTERM with ``graceful_signal='TERM'``) lets running
-    tasks finish, the other interrupts them, SIGHUP restarts the consumer."""
+    tasks finish, the other interrupts them, SIGHUP restarts the consumer. ``prefetch``:
+    the most messages one fetch takes (see ``huey.prefetch``); default the number of
+    workers, 1 for process workers."""
 
     worker_class = Worker
     scheduler_class = Scheduler
@@ -265,6 +273,7 @@ class Consumer:
         shutdown_timeout=None,
         graceful_signal='INT',
         metrics=None,
+        prefetch=None,
     ):
         self._logger = logging.getLogger('huey.consumer')
         if huey.immediate:
@@ -279,6 +288,10 @@ class Consumer:
             raise ConfigurationError(
                 f"graceful_signal must be 'INT' or 'TERM', got {graceful_signal!r}"
             )
+        if prefetch is None:  # one buffer per process: process workers have their own each
+            prefetch = 1 if worker_type == WORKER_PROCESS else workers
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ConfigurationError(f'prefetch must be a positive integer, got {prefetch!r}')
         if max_tasks and not check_worker_health:
             raise ConfigurationError('max_tasks requires check_worker_health be enabled.')
         self.huey = huey
@@ -290,6 +303,7 @@ class Consumer:
         self.max_tasks = max_tasks
         self.shutdown_timeout = shutdown_timeout
         self.graceful_signal = graceful_signal
+        self.prefetch = Prefetch(huey, prefetch)
 
         self.scheduler_interval = max(min(scheduler_interval, 60), 1)
         if 60 % self.scheduler_interval != 0:
@@ -363,6 +377,7 @@ class Consumer:
             max_tasks=self.max_tasks,
         )
         worker.storage_wait = not isinstance(self.environment, GreenletEnvironment)
+        worker.prefetch = self.prefetch
         return worker
 
     def _create_scheduler(self):
@@ -411,13 +426,15 @@ class Consumer:
                 'and ensure that "huey.immediate = False".'
             )
         self._logger.info(
-            'Huey consumer started with %s %s, PID %s at %s (%s %s, reliable mode %s)',
+            'Huey consumer started with %s %s, PID %s at %s (%s %s, reliable mode %s, '
+            'prefetch %s)',
             self.workers,
             self.worker_type,
             os.getpid(),
             self.huey._get_timestamp(),
             *IMPLEMENTATION,
             'on' if self.huey.reliable else 'off',
+            1 if self.huey.reliable else self.prefetch.size,
         )
         self._logger.info('Scheduler runs every %s second(s).', self.scheduler_interval)
         if self.periodic:

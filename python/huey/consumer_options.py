@@ -25,6 +25,7 @@ config_defaults = (
     ('shutdown_timeout', None),
     ('graceful_signal', 'INT'),
     ('metrics', None),
+    ('prefetch', None),
 )
 config_keys = [name for name, _ in config_defaults]
 
@@ -121,6 +122,15 @@ class OptionParserHandler:
                 choices=('INT', 'TERM'),
                 help='signal that triggers graceful shutdown, INT or TERM (default=INT). '
                 'The other signal interrupts running tasks.',
+            ),
+            option(
+                ('p', 'prefetch'),
+                dest='prefetch',
+                metavar='COUNT',
+                type='int',
+                help='messages one fetch may take from the queue; workers of a process share '
+                'those beyond the first (default=the number of workers, 1 for process '
+                'workers; 1 is one message at a time, as huey 3.5.4 takes them)',
             ),
             option(
                 ('P', 'metrics'),

@@ -60,7 +60,8 @@ class DeadLetters:
         return None
 
     def decode_all(self, messages):
-        """The tasks in ``messages`` taken off the schedule; undecodable ones set aside."""
+        """The tasks in ``messages`` taken off the queue or schedule; undecodable ones set
+        aside."""
         tasks = []
         for data in messages:
             task = self.decode_or_set_aside(data)

@@ -80,6 +80,14 @@ class BaseStorage:
         does not wait (it is ``dequeue()``)."""
         return self.dequeue()
 
+    def dequeue_many(self, n, timeout=None):
+        """Up to ``n`` messages (a list; empty when none came), with one call to the server
+        where the storage can; when the queue is empty, wait for one as ``dequeue()`` does,
+        or as ``dequeue_wait(timeout)`` does when ``timeout`` is given. The consumer's
+        prefetch (``huey.prefetch``) uses it. Default: one message."""
+        data = self.dequeue() if timeout is None else self.dequeue_wait(timeout)
+        return [] if data is None else [data]
+
     def queue_size(self):
         """How many messages are queued."""
         raise NotImplementedError

@@ -247,6 +247,19 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
             return self._pop_blocking(self.read_timeout)
         return self._pop_now()
 
+    def dequeue_many(self, n, timeout=None):
+        """Up to ``n`` queued messages with one command while the queue has some (the
+        consumer's prefetch); when it is empty, one message waited for as ``dequeue()``
+        (or ``dequeue_wait(timeout)``) waits."""
+        if n > 1:
+            items = self._pop_many(n)
+            if items:
+                return items
+        return super().dequeue_many(1, timeout)
+
+    def _pop_many(self, n):
+        return self._scripts.queue_pop_many(keys=[self.queue_key], args=[n], client=self.conn)
+
     def _pop(self, timeout):
         """The next message, waited for up to ``timeout`` seconds. A plain pop first: while
         messages are queued it is the cheaper command (a blocking pop's reply carries the

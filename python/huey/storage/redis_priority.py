@@ -76,6 +76,13 @@ class RedisPriorityQueue:
             self._needs_redis_5(exc)
         return items[0][0][8:] if items else None
 
+    def _pop_many(self, n):
+        try:
+            items = self.conn.zpopmin(self.queue_key, count=n)
+        except ResponseError as exc:
+            self._needs_redis_5(exc)
+        return [member[8:] for member, _ in items]
+
     def queue_size(self):
         return self.conn.zcard(self.queue_key)
 

@@ -81,6 +81,18 @@ if value then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return value
 """
 
+# Pops up to ARGV[1] messages from the list queue's dequeue end, oldest first, in one atomic
+# step (RPOP's count argument needs Redis 6.2). KEYS: queue. ARGV: count. Returns a list.
+QUEUE_POP_MANY = """\
+local popped = {}
+for i = 1, tonumber(ARGV[1]) do
+    local data = redis.call('RPOP', KEYS[1])
+    if not data then break end
+    popped[i] = data
+end
+return popped
+"""
+
 # Sets a message aside under the next dead-letter id; returns the id.
 # KEYS: dead seq, dead hash, dead index. ARGV: record (header + reason + message).
 DEAD_PUT = """\
@@ -262,6 +274,7 @@ class Scripts:
         self.hash_replace = client.register_script(HASH_REPLACE)
         self.key_replace = client.register_script(KEY_REPLACE)
         self.hash_pop = client.register_script(HASH_POP)
+        self.queue_pop_many = client.register_script(QUEUE_POP_MANY)
         self.dead_put = client.register_script(DEAD_PUT)
         self.dead_pop = client.register_script(DEAD_POP)
         self.reliable_pop = client.register_script(RELIABLE_POP)

@@ -1,0 +1,241 @@
+"""The consumer's prefetch (huey.prefetch): several messages per storage call, shared by the
+workers of one process through a bounded buffer, with revocations checked when a task starts
+and the buffer put back on the queue when the consumer stops. Against a real redis-server,
+the storage that takes a batch with one command.
+"""
+
+import threading
+import time
+
+import pytest
+
+from huey import MemoryHuey, RedisHuey
+from huey import signals as S
+from huey.exceptions import ConfigurationError
+from huey.prefetch import Prefetch
+from huey.storage import RedisStorage
+
+WAIT = 10  # seconds a test waits for something that should take milliseconds
+
+
+class CountingRedisStorage(RedisStorage):
+    """A real RedisStorage that records each ``dequeue_many`` call's ``n`` and batch size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def dequeue_many(self, n, timeout=None):
+        batch = super().dequeue_many(n, timeout)
+        self.calls.append((n, len(batch)))
+        return batch
+
+
+def make_huey(redis_db, name='prefetch'):
+    return RedisHuey(name, url=redis_db.url, storage_class=CountingRedisStorage)
+
+
+def holding_task(huey):
+    """A task that runs until the test opens its gate: (task, gate, started event)."""
+    gate, started = threading.Event(), threading.Event()
+
+    @huey.task()
+    def hold():
+        started.set()
+        gate.wait(WAIT)
+
+    return hold, gate, started
+
+
+def wait_until(condition, what):
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f'timed out waiting for {what}')
+        time.sleep(0.001)
+
+
+def test_a_fetch_takes_several_messages_and_every_task_runs_once(redis_db, run_consumer):
+    huey = make_huey(redis_db)
+    ran = []
+
+    @huey.task()
+    def record(i):
+        ran.append(i)
+        return i
+
+    results = [record(i) for i in range(300)]
+    run_consumer(huey, workers=3, prefetch=4)
+    assert [r.get(blocking=True, timeout=WAIT) for r in results] == list(range(300))
+    assert sorted(ran) == list(range(300))
+    calls = huey.storage.calls
+    assert all(1 <= n <= 4 and taken <= n for n, taken in calls)
+    assert max(taken for _, taken in calls) > 1  # batches were taken
+    assert len(calls) < 300  # fewer storage calls than tasks
+
+
+def test_prefetch_one_takes_one_message_per_storage_call(redis_db, run_consumer):
+    huey = make_huey(redis_db)
+
+    @huey.task()
+    def double(i):
+        return i * 2
+
+    results = [double(i) for i in range(50)]
+    consumer = run_consumer(huey, workers=2, prefetch=1)
+    assert [r.get(blocking=True, timeout=WAIT) for r in results] == [i * 2 for i in range(50)]
+    assert {n for n, _ in huey.storage.calls} == {1}
+    assert len(consumer.prefetch) == 0
+
+
+def test_default_prefetch_is_the_number_of_thread_workers_and_one_for_processes():
+    huey = MemoryHuey('defaults')
+    assert huey.create_consumer(workers=3).prefetch.size == 3
+    assert huey.create_consumer(workers=3, worker_type='greenlet').prefetch.size == 3
+    assert huey.create_consumer(workers=3, worker_type='process').prefetch.size == 1
+
+
+@pytest.mark.parametrize('value', [0, -1, 2.5, '4'])
+def test_a_bad_prefetch_is_refused_naming_it(value):
+    with pytest.raises(ConfigurationError, match='prefetch'):
+        MemoryHuey('bad').create_consumer(prefetch=value)
+
+
+def test_the_buffer_never_holds_more_than_prefetch_minus_one(redis_db):
+    # Eight threads fetch at once from a deep queue: whatever the interleaving, what waits in
+    # the buffer stays within its bound, and every message is handed out exactly once.
+    huey = make_huey(redis_db)
+
+    @huey.task()
+    def item(i):
+        return i
+
+    for i in range(400):
+        item(i)
+    prefetch = Prefetch(huey, 3)
+    taken, peak, lock = [], [0], threading.Lock()
+
+    def take():
+        while True:
+            task = prefetch.next()
+            if task is None:
+                return
+            with lock:
+                taken.append(task.args[0])
+                peak[0] = max(peak[0], len(prefetch))
+
+    huey.storage.read_timeout = 0.05  # an empty queue ends each thread quickly
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert sorted(taken) == list(range(400))
+    assert 0 < peak[0] <= 2
+
+
+def test_a_task_revoked_while_it_waits_in_the_buffer_is_not_run(redis_db, run_consumer):
+    huey = make_huey(redis_db)
+    hold, gate, started = holding_task(huey)
+    revoked, ran = threading.Event(), []
+
+    @huey.task()
+    def victim():
+        ran.append('victim')
+
+    @huey.signal(S.SIGNAL_REVOKED)
+    def on_revoked(signal, task):
+        revoked.set()
+
+    hold()
+    result = victim()
+    consumer = run_consumer(huey, workers=1, prefetch=2)
+    assert started.wait(WAIT)
+    wait_until(lambda: len(consumer.prefetch) == 1, 'victim to wait in the buffer')
+    assert huey.pending_count() == 0  # off the queue: only the buffer holds it
+    result.revoke()
+    gate.set()
+    assert revoked.wait(WAIT)
+    assert ran == []
+
+
+def test_stopping_the_consumer_puts_the_buffer_back_on_the_queue(redis_db):
+    huey = make_huey(redis_db)
+    hold, gate, started = holding_task(huey)
+    ran = []
+
+    @huey.task()
+    def later(i):
+        ran.append(i)
+
+    hold()
+    for i in range(3):
+        later(i)
+    consumer = huey.create_consumer(workers=1, prefetch=4, initial_delay=0.001, max_delay=0.01)
+    consumer.start()
+    try:
+        assert started.wait(WAIT)
+        wait_until(lambda: len(consumer.prefetch) == 3, 'three tasks to wait in the buffer')
+        assert huey.pending_count() == 0
+        stopper = threading.Thread(target=consumer.stop, kwargs={'graceful': True})
+        stopper.start()
+        wait_until(consumer.stop_flag.is_set, 'the stop flag')
+        gate.set()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+    finally:
+        gate.set()
+        consumer.stop(graceful=True)
+    assert ran == []
+    assert len(consumer.prefetch) == 0
+    assert sorted(t.args[0] for t in huey.pending()) == [0, 1, 2]
+
+
+def test_reliable_mode_fetches_one_message_at_a_time(redis_db, run_consumer):
+    huey = RedisHuey('prefetch-reliable', url=redis_db.url, reliable=True)
+
+    @huey.task()
+    def triple(i):
+        return i * 3
+
+    results = [triple(i) for i in range(20)]
+    assert [t.args[0] for t in huey.dequeue_many(5)] == [0]  # leased: one per call
+    consumer = run_consumer(huey, workers=2, prefetch=4)
+    assert [r.get(blocking=True, timeout=WAIT) for r in results[1:]] == [
+        i * 3 for i in range(1, 20)
+    ]
+    assert len(consumer.prefetch) == 0
+
+
+def test_huey_dequeue_many_sets_undecodable_messages_aside_and_keeps_the_rest(redis_db):
+    huey = make_huey(redis_db)
+
+    @huey.task()
+    def ok(i):
+        return i
+
+    ok(1)
+    huey.storage.enqueue(b'not a message')
+    ok(2)
+    tasks = huey.dequeue_many(5)
+    assert [t.args[0] for t in tasks] == [1, 2]
+    assert huey.dead_letter_count() == 1
+    assert huey.dequeue_many(5) == []
+
+
+@pytest.mark.parametrize('cls', ['RedisStorage', 'PriorityRedisStorage', 'RedisExpireStorage'])
+def test_the_redis_storages_take_a_batch_with_one_command(redis_db, cls):
+    import huey.storage
+
+    storage = getattr(huey.storage, cls)('batch', url=redis_db.url)
+    for i in range(5):
+        storage.enqueue(b'%d' % i)
+    assert storage.dequeue_many(1) == [b'0']  # (loads the scripts it may need)
+    client, sent = storage.conn, []
+    execute = client.execute_command
+    client.execute_command = lambda *args, **kwargs: (
+        sent.append(args[0]) or execute(*args, **kwargs)
+    )
+    assert storage.dequeue_many(3) == [b'1', b'2', b'3']
+    assert len(sent) == 1, sent
+    assert storage.dequeue_many(3) == [b'4']
