@@ -86,7 +86,8 @@ def _broken(cell, r):
     else:
         # huey's at-most-once: only the messages the killed process held are lost, never a
         # scheduled one (the schedule move is crash-safe in both modes).
-        if r['lost'] > (0 if cell.point == 'mid_schedule_move' else held(cell.worker)):
+        allowed = 0 if cell.point == 'mid_schedule_move' else held(cell.storage, cell.worker)
+        if r['lost'] > allowed:
             yield 'lost more than the README allows'
         if r['duplicated']:
             yield 'ran a task twice in default mode'

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from huey import MemoryHuey, RedisHuey
+from huey import MemoryHuey, RedisHuey, SqliteHuey
 from huey import signals as S
 from huey.exceptions import ConfigurationError
 from huey.prefetch import Prefetch
-from huey.storage import RedisStorage
+from huey.storage import RedisStorage, SqliteStorage
 
 WAIT = 10  # seconds a test waits for something that should take milliseconds
 
@@ -88,11 +88,63 @@ def test_prefetch_one_takes_one_message_per_storage_call(redis_db, run_consumer)
     assert len(consumer.prefetch) == 0
 
 
-def test_default_prefetch_is_the_number_of_thread_workers_and_one_for_processes():
+def test_default_prefetch_is_one_more_than_thread_workers_and_one_for_processes():
     huey = MemoryHuey('defaults')
-    assert huey.create_consumer(workers=3).prefetch.size == 3
-    assert huey.create_consumer(workers=3, worker_type='greenlet').prefetch.size == 3
+    assert huey.create_consumer(workers=3).prefetch.size == 4
+    assert huey.create_consumer(workers=3, worker_type='greenlet').prefetch.size == 4
     assert huey.create_consumer(workers=3, worker_type='process').prefetch.size == 1
+
+
+class CountingSqliteStorage(SqliteStorage):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def dequeue_many(self, n, timeout=None):
+        batch = super().dequeue_many(n, timeout)
+        self.calls.append((n, len(batch)))
+        return batch
+
+
+def test_a_storage_without_batches_is_read_one_message_at_a_time(tmp_path, run_consumer):
+    huey = SqliteHuey(
+        'one-by-one', filename=str(tmp_path / 'q.db'), storage_class=CountingSqliteStorage
+    )
+    assert not huey.storage.batch_dequeue
+
+    @huey.task()
+    def square(i):
+        return i * i
+
+    results = [square(i) for i in range(30)]
+    consumer = run_consumer(huey, workers=3, prefetch=8)
+    assert [r.get(blocking=True, timeout=WAIT) for r in results] == [i * i for i in range(30)]
+    assert {n for n, _ in huey.storage.calls} == {1}
+    assert len(consumer.prefetch) == 0
+
+
+def test_a_task_revoked_by_the_receiver_of_the_task_before_it_is_not_run(redis_db, run_consumer):
+    # Fetched in one batch, but each task's revocation flags are read when it starts: a
+    # revocation made when the task before it completed still applies, as in huey 3.5.4.
+    huey = make_huey(redis_db)
+    ran = []
+
+    @huey.task()
+    def record(i):
+        ran.append(i)
+        return i
+
+    results = [record(i) for i in range(4)]
+
+    @huey.signal(S.SIGNAL_COMPLETE)
+    def cancel_the_next(signal, task):
+        if task.id == results[1].id:
+            results[2].revoke()
+
+    run_consumer(huey, workers=1, prefetch=4)
+    assert results[3].get(blocking=True, timeout=WAIT) == 3
+    assert ran == [0, 1, 3]
+    assert (4, 4) in huey.storage.calls  # the four came in one batch
 
 
 @pytest.mark.parametrize('value', [0, -1, 2.5, '4'])

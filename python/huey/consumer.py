@@ -249,8 +249,8 @@ class Consumer:
     """Runs the workers and the scheduler for a Huey instance and handles OS signals:
     the graceful signal (SIGINT, or SIGTERM with ``graceful_signal='TERM'``) lets running
     tasks finish, the other interrupts them, SIGHUP restarts the consumer. ``prefetch``:
-    the most messages one fetch takes (see ``huey.prefetch``); default the number of
-    workers, 1 for process workers."""
+    the most messages one fetch takes (see ``huey.prefetch``); default one more than the
+    number of workers, so at most as many wait as run; 1 for process workers."""
 
     worker_class = Worker
     scheduler_class = Scheduler
@@ -288,8 +288,8 @@ class Consumer:
             raise ConfigurationError(
                 f"graceful_signal must be 'INT' or 'TERM', got {graceful_signal!r}"
             )
-        if prefetch is None:  # one buffer per process: process workers have their own each
-            prefetch = 1 if worker_type == WORKER_PROCESS else workers
+        if prefetch is None:  # a buffer per process: as many waiting as running at most
+            prefetch = 1 if worker_type == WORKER_PROCESS else workers + 1
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigurationError(f'prefetch must be a positive integer, got {prefetch!r}')
         if max_tasks and not check_worker_health:

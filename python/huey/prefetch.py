@@ -1,19 +1,25 @@
-"""The consumer's prefetch buffer: the workers of one consumer process take several messages
-with one storage call (``BaseStorage.dequeue_many``: one Redis command for up to ``size``
-messages) and share them through a small local buffer, so a busy queue costs a fraction of a
-round trip per task instead of one.
+"""The consumer's prefetch: on a storage that takes batches (``batch_dequeue``: Redis), a
+worker that finds nothing fetched takes several messages with one storage call
+(``BaseStorage.dequeue_many``), runs the first and leaves the rest in a small buffer that
+the other workers of its consumer process take from, so a busy queue costs a fraction of a
+round trip per task instead of one. Workers never wait for each other: while one worker's
+fetch is under way, another fetches for itself, taking only the room left in the buffer.
 
-``size`` is the most messages one fetch takes; the buffer never holds more than ``size - 1``
-messages beyond those the workers run, whatever the number of workers fetching at once.
-``size=1`` is huey 3.5.4's behaviour: one message per fetch, nothing buffered.
+``size`` is the most messages one fetch takes; the buffer never holds more than
+``size - 1``, however many workers fetch at once. ``size=1``, and any storage without
+``batch_dequeue``, is huey 3.5.4's behaviour: every worker takes one message at a time.
 
 What a buffered message risks: in default (at-most-once) mode, a consumer killed with
 SIGKILL loses the messages it held, its running tasks and its buffer, so at most
 ``workers + size - 1`` messages per consumer process. A consumer that stops any other way
-puts its buffer back on the queue (behind the messages queued meanwhile). Revocations,
-expiry, eta and locks are checked when a task starts, not when it is fetched, as before. In
-reliable mode every message is leased when it is taken, so the consumer fetches one at a
-time (``Huey.dequeue_many``).
+puts its buffer back on the queue (behind the messages queued meanwhile). A buffered message
+waits for the next worker that finishes a task (a worker already waiting on an empty queue
+takes new messages, not buffered ones). Revocations, expiry, eta and locks are checked when
+a task starts, not when it is fetched, as before: a task revoked while it waits in the
+buffer does not run. (Reading a batch's revocation flags with the batch would save a round
+trip per task, but a revocation made between the fetch and the start, by a signal receiver
+of the task before it, say, would then be missed.) In reliable mode every message is leased
+when it is taken, so the consumer fetches one at a time (``Huey.dequeue_many``).
 """
 
 import collections
@@ -31,22 +37,22 @@ class Prefetch:
         self.size = size
         self._buffer = collections.deque()
         self._lock = threading.Lock()
-        self._reserved = 0  # room promised to fetches in progress
+        self._reserved = 0  # buffer room promised to the fetches in progress
 
     def __len__(self):
         return len(self._buffer)
 
     def next(self, timeout=None):
-        """The next task: a buffered one, else the first of one fetch of up to ``size``
-        (waiting like ``Huey.dequeue(timeout)`` when the queue is empty); None if none."""
-        try:
-            return self._buffer.popleft()
-        except IndexError:
-            pass
-        if self.size == 1:
+        """The next task: a buffered one, else the first of a fetch of up to ``size``
+        (waiting like ``Huey.dequeue(timeout)`` when the queue is empty); None when none
+        came."""
+        if self.size == 1 or not self.huey.storage.batch_dequeue:
             return self.huey.dequeue(timeout)
         with self._lock:
-            extra = max(0, self.size - 1 - len(self._buffer) - self._reserved)
+            if self._buffer:
+                return self._buffer.popleft()
+            # Room left once the fetches in progress have filled theirs.
+            extra = max(0, self.size - 1 - self._reserved)
             self._reserved += extra
         tasks = ()
         try:
@@ -60,10 +66,10 @@ class Prefetch:
     def release(self):
         """Put every buffered message back on the queue (a worker is stopping)."""
         while True:
-            try:
+            with self._lock:
+                if not self._buffer:
+                    return
                 task = self._buffer.popleft()
-            except IndexError:
-                return
             try:
                 self.huey.storage.enqueue(self.huey.serialize_task(task), task.priority)
             except Exception:

@@ -47,6 +47,9 @@ class BaseStorage:
     #: ``renew_leases``, ``ack``, ``recover_expired``, ``inflight_items``) are implemented;
     #: ``Huey(reliable=True)`` refuses a storage without them.
     reliable_delivery = False
+    #: ``dequeue_many(n)`` takes several messages with one call to the server; the
+    #: consumer's prefetch (``huey.prefetch``) is used only on storages that do.
+    batch_dequeue = False
 
     def __init__(self, name='huey', **storage_kwargs):
         self.name = name

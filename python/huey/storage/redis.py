@@ -95,6 +95,7 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
     priority = False  # PriorityRedisStorage supports priorities (Redis >= 5).
     redis_client = FailoverAwareRedis
     reliable_delivery = True  # dequeue_reliable, renew_leases, ack, recover_expired
+    batch_dequeue = True  # dequeue_many: one script (ZPOPMIN on a sorted-set queue)
     _queue_is_zset = False
     _member_offset = 0  # Bytes of queue-member prefix before the message data.
 
