@@ -35,6 +35,18 @@ def make_huey(redis_db, name='prefetch'):
     return RedisHuey(name, url=redis_db.url, storage_class=CountingRedisStorage)
 
 
+def recording_task(huey):
+    """A task that appends its argument to the list it returns alongside, and returns it."""
+    ran = []
+
+    @huey.task()
+    def record(i):
+        ran.append(i)
+        return i
+
+    return record, ran
+
+
 def holding_task(huey):
     """A task that runs until the test opens its gate: (task, gate, started event)."""
     gate, started = threading.Event(), threading.Event()
@@ -57,13 +69,7 @@ def wait_until(condition, what):
 
 def test_a_fetch_takes_several_messages_and_every_task_runs_once(redis_db, run_consumer):
     huey = make_huey(redis_db)
-    ran = []
-
-    @huey.task()
-    def record(i):
-        ran.append(i)
-        return i
-
+    record, ran = recording_task(huey)
     results = [record(i) for i in range(300)]
     run_consumer(huey, workers=3, prefetch=4)
     assert [r.get(blocking=True, timeout=WAIT) for r in results] == list(range(300))
@@ -127,13 +133,7 @@ def test_a_task_revoked_by_the_receiver_of_the_task_before_it_is_not_run(redis_d
     # Fetched in one batch, but each task's revocation flags are read when it starts: a
     # revocation made when the task before it completed still applies, as in huey 3.5.4.
     huey = make_huey(redis_db)
-    ran = []
-
-    @huey.task()
-    def record(i):
-        ran.append(i)
-        return i
-
+    record, ran = recording_task(huey)
     results = [record(i) for i in range(4)]
 
     @huey.signal(S.SIGNAL_COMPLETE)
