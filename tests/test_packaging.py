@@ -342,7 +342,7 @@ def test_consumer_first_log_line_names_huey_rs_and_reliable_mode(app_dir, path, 
     line = first_line_then_stop(start_consumer(app_dir, path, '-w', '2'))
     assert re.search(
         rf'Huey consumer started with 2 thread, PID \d+ at .* '
-        rf'\(huey-rs {re.escape(VERSION)}, reliable mode {reliable}\)$',
+        rf'\(huey-rs {re.escape(VERSION)}, reliable mode {reliable}, prefetch 1\)$',
         line.rstrip('\n'),
     ), line
 

@@ -98,11 +98,17 @@ class Fleet:
         self.clock.now += minutes * MINUTE
 
     def drain(self):
+        """Run what was enqueued: until the queue and every consumer's prefetch buffer
+        (huey.prefetch, on Redis) are empty."""
         huey = self.consumers[0][0].huey
-        while len(huey):
+
+        def waiting(consumer):
+            return len(huey) or len(consumer.prefetch)
+
+        while any(waiting(consumer) for consumer, _ in self.consumers):
             for consumer, _ in self.consumers:
                 worker, _ = consumer.worker_threads[0]
-                if len(huey):
+                if waiting(consumer):
                     worker.loop()
 
     def count(self, name):

@@ -434,7 +434,7 @@ class Consumer:
             self.huey._get_timestamp(),
             *IMPLEMENTATION,
             'on' if self.huey.reliable else 'off',
-            1 if self.huey.reliable else self.prefetch.size,
+            self.prefetch.per_fetch,
         )
         self._logger.info('Scheduler runs every %s second(s).', self.scheduler_interval)
         if self.periodic:

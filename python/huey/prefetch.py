@@ -13,13 +13,16 @@ What a buffered message risks: in default (at-most-once) mode, a consumer killed
 SIGKILL loses the messages it held, its running tasks and its buffer, so at most
 ``workers + size - 1`` messages per consumer process. A consumer that stops any other way
 puts its buffer back on the queue (behind the messages queued meanwhile). A buffered message
-waits for the next worker that finishes a task (a worker already waiting on an empty queue
-takes new messages, not buffered ones). Revocations, expiry, eta and locks are checked when
-a task starts, not when it is fetched, as before: a task revoked while it waits in the
-buffer does not run. (Reading a batch's revocation flags with the batch would save a round
-trip per task, but a revocation made between the fetch and the start, by a signal receiver
-of the task before it, say, would then be missed.) In reliable mode every message is leased
-when it is taken, so the consumer fetches one at a time (``Huey.dequeue_many``).
+waits for the next worker that finishes a task: a worker already waiting on an empty queue
+takes new messages, not buffered ones, and on a priority queue a message enqueued with a
+higher priority than the buffered ones runs after them.
+
+Revocations, expiry, eta and locks are checked when a task starts, not when it is fetched,
+as before: a task revoked while it waits in the buffer does not run. (Reading a batch's
+revocation flags with the batch would save a round trip per task, but a revocation made
+between the fetch and the start, by a signal receiver of the task before it, say, would
+then be missed.) In reliable mode every message is leased when it is taken, so the
+consumer fetches one at a time (``Huey.dequeue_many``).
 """
 
 import collections
@@ -42,11 +45,19 @@ class Prefetch:
     def __len__(self):
         return len(self._buffer)
 
+    @property
+    def per_fetch(self):
+        """The most messages one fetch takes here: ``size`` on a storage that takes batches,
+        else 1 (and 1 in reliable mode, see ``Huey.dequeue_many``)."""
+        if self.huey.reliable or not self.huey.storage.batch_dequeue:
+            return 1
+        return self.size
+
     def next(self, timeout=None):
-        """The next task: a buffered one, else the first of a fetch of up to ``size``
+        """The next task: a buffered one, else the first of a fetch of up to ``per_fetch``
         (waiting like ``Huey.dequeue(timeout)`` when the queue is empty); None when none
         came."""
-        if self.size == 1 or not self.huey.storage.batch_dequeue:
+        if self.per_fetch == 1:
             return self.huey.dequeue(timeout)
         with self._lock:
             if self._buffer:
