@@ -18,8 +18,8 @@ from huey.storage import RedisStorage, SqliteStorage
 WAIT = 10  # seconds a test waits for something that should take milliseconds
 
 
-class CountingRedisStorage(RedisStorage):
-    """A real RedisStorage that records each ``dequeue_many`` call's ``n`` and batch size."""
+class CountingDequeues:
+    """Mixin for a real storage: records each ``dequeue_many`` call's ``n`` and batch size."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,6 +29,14 @@ class CountingRedisStorage(RedisStorage):
         batch = super().dequeue_many(n, timeout)
         self.calls.append((n, len(batch)))
         return batch
+
+
+class CountingRedisStorage(CountingDequeues, RedisStorage):
+    pass
+
+
+class CountingSqliteStorage(CountingDequeues, SqliteStorage):
+    pass
 
 
 def make_huey(redis_db, name='prefetch'):
@@ -99,17 +107,6 @@ def test_default_prefetch_is_one_more_than_thread_workers_and_one_for_processes(
     assert huey.create_consumer(workers=3).prefetch.size == 4
     assert huey.create_consumer(workers=3, worker_type='greenlet').prefetch.size == 4
     assert huey.create_consumer(workers=3, worker_type='process').prefetch.size == 1
-
-
-class CountingSqliteStorage(SqliteStorage):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def dequeue_many(self, n, timeout=None):
-        batch = super().dequeue_many(n, timeout)
-        self.calls.append((n, len(batch)))
-        return batch
 
 
 def test_a_storage_without_batches_is_read_one_message_at_a_time(tmp_path, run_consumer):
