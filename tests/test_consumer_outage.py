@@ -103,8 +103,9 @@ def test_restart_under_running_producers_and_consumers(redis_server_factory, rel
         assert len(acked) == 2 * per_producer
         # Reliable mode loses nothing. By default a message the server popped for a
         # worker whose connection the shutdown cut is gone (huey's at-most-once window):
-        # at most one per worker.
-        allowed = 0 if reliable else 2
+        # at most what the workers' fetches can take at once, one per worker plus the
+        # rest of the prefetch buffer (huey.prefetch).
+        allowed = 0 if reliable else consumer.workers + consumer.prefetch.per_fetch - 1
         wait_until(
             lambda: len(acked - ran) <= allowed and huey.pending_count() == 0,
             timeout=30,

@@ -78,8 +78,9 @@ def run_failover(run_consumer, huey, fail_over, reliable, label, per_producer=25
         stop.set()
     assert len(acked) == 2 * per_producer, f'{errors[0]} enqueue errors'
     # By default a message popped for a worker whose connection the failover cut is
-    # gone (huey's at-most-once window): at most one per worker.
-    allowed = 0 if reliable else 2
+    # gone (huey's at-most-once window): at most what the workers' fetches take at once,
+    # one per worker plus the rest of the prefetch buffer (huey.prefetch).
+    allowed = 0 if reliable else consumer.workers + consumer.prefetch.per_fetch - 1
     wait_until(
         lambda: len(acked - set(runs)) <= allowed and huey.pending_count() == 0,
         90,
