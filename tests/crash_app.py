@@ -15,12 +15,11 @@ import types
 WORKERS = 2
 
 
-def held(storage, worker):
+def held(worker):
     """The most tasks one killed consumer can lose in default mode: one per worker running,
-    plus its prefetch buffer on Redis (huey.prefetch): prefetch - 1 per process, prefetch
-    defaulting to one more than the thread or greenlet workers and to 1 for process workers."""
-    buffered = 'redis' in storage.lower() and worker != 'process'
-    return 2 * WORKERS if buffered else WORKERS
+    plus its prefetch buffer (huey.prefetch): prefetch - 1 per process, prefetch defaulting
+    to one more than the thread or greenlet workers and to 1 for process workers."""
+    return WORKERS if worker == 'process' else 2 * WORKERS
 
 
 LEASE = 1

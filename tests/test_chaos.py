@@ -104,7 +104,7 @@ def broken(cell, r):
         if r['duplicated'] > KILLS * WORKERS:
             yield 'ran more tasks twice than the kills interrupted'
     else:
-        if r['lost'] > KILLS * held(cell.storage, cell.worker):
+        if r['lost'] > KILLS * held(cell.worker):
             yield 'lost more than the tasks the killed processes held'
         if r['duplicated']:
             yield 'ran a task twice in default mode'

@@ -86,7 +86,7 @@ def _broken(cell, r):
     else:
         # huey's at-most-once: only the messages the killed process held are lost, never a
         # scheduled one (the schedule move is crash-safe in both modes).
-        allowed = 0 if cell.point == 'mid_schedule_move' else held(cell.storage, cell.worker)
+        allowed = 0 if cell.point == 'mid_schedule_move' else held(cell.worker)
         if r['lost'] > allowed:
             yield 'lost more than the README allows'
         if r['duplicated']:

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from huey import MemoryHuey, RedisHuey, SqliteHuey
+from huey import FileHuey, MemoryHuey, PostgresHuey, RedisHuey, SqliteHuey
 from huey import signals as S
 from huey.exceptions import ConfigurationError
 from huey.prefetch import Prefetch
-from huey.storage import RedisStorage, SqliteStorage
+from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
 
 WAIT = 10  # seconds a test waits for something that should take milliseconds
 
@@ -39,8 +39,44 @@ class CountingSqliteStorage(CountingDequeues, SqliteStorage):
     pass
 
 
+class OneByOneSqliteStorage(CountingSqliteStorage):
+    """A storage that does not declare ``batch_dequeue`` (as a third-party one may not)."""
+
+    batch_dequeue = False
+
+
+@pytest.fixture(autouse=True)
+def eager_prefetch(monkeypatch):
+    """Batches from the first fetch, and nothing put back for waiting: these tests hold the
+    buffer on purpose. (The tests of those two rules set their own values.)"""
+    monkeypatch.setattr(Prefetch, 'assumed_task_seconds', 0.0)
+    monkeypatch.setattr(Prefetch, 'stale_after', 3600.0)
+
+
 def make_huey(redis_db, name='prefetch'):
     return RedisHuey(name, url=redis_db.url, storage_class=CountingRedisStorage)
+
+
+@pytest.fixture(params=['redis', 'sqlite', 'file', 'memory', 'postgres'])
+def batching_huey(request, tmp_path):
+    """A Huey on each storage that takes batches, its storage counting dequeue_many calls."""
+    kind = request.param
+    if kind == 'redis':
+        return make_huey(request.getfixturevalue('redis_db'))
+    if kind == 'postgres':
+        dsn = request.getfixturevalue('postgres_db').dsn
+        return PostgresHuey('prefetch', dsn=dsn, storage_class=counting(PostgresStorage))
+    if kind == 'sqlite':
+        return SqliteHuey(
+            'prefetch', filename=str(tmp_path / 'q.db'), storage_class=CountingSqliteStorage
+        )
+    if kind == 'file':
+        return FileHuey('prefetch', path=str(tmp_path), storage_class=counting(FileStorage))
+    return MemoryHuey('prefetch', storage_class=counting(MemoryStorage))
+
+
+def counting(storage_class):
+    return type(f'Counting{storage_class.__name__}', (CountingDequeues, storage_class), {})
 
 
 def recording_task(huey):
@@ -75,8 +111,9 @@ def wait_until(condition, what):
         time.sleep(0.001)
 
 
-def test_a_fetch_takes_several_messages_and_every_task_runs_once(redis_db, run_consumer):
-    huey = make_huey(redis_db)
+def test_a_fetch_takes_several_messages_and_every_task_runs_once(batching_huey, run_consumer):
+    huey = batching_huey
+    assert huey.storage.batch_dequeue
     record, ran = recording_task(huey)
     results = [record(i) for i in range(300)]
     run_consumer(huey, workers=3, prefetch=4)
@@ -111,9 +148,8 @@ def test_default_prefetch_is_one_more_than_thread_workers_and_one_for_processes(
 
 def test_a_storage_without_batches_is_read_one_message_at_a_time(tmp_path, run_consumer):
     huey = SqliteHuey(
-        'one-by-one', filename=str(tmp_path / 'q.db'), storage_class=CountingSqliteStorage
+        'one-by-one', filename=str(tmp_path / 'q.db'), storage_class=OneByOneSqliteStorage
     )
-    assert not huey.storage.batch_dequeue
 
     @huey.task()
     def square(i):
@@ -288,3 +324,106 @@ def test_the_redis_storages_take_a_batch_with_one_command(redis_db, cls):
     assert storage.dequeue_many(3) == [b'1', b'2', b'3']
     assert len(sent) == 1, sent
     assert storage.dequeue_many(3) == [b'4']
+
+
+def test_sqlite_takes_a_batch_with_one_statement_in_dequeue_order(tmp_path):
+    storage = SqliteStorage('batch', filename=str(tmp_path / 'q.db'))
+    for i, priority in enumerate([0, 5, 0, 5, 1]):
+        storage.enqueue(b'%d' % i, priority)
+    statements = []
+    storage.conn.set_trace_callback(statements.append)
+    assert storage.dequeue_many(4) == [b'1', b'3', b'4', b'0']
+    assert [sql for sql in statements if not sql.startswith('pragma')] == [statements[-1]], (
+        statements
+    )
+    assert statements[-1].lower().startswith('delete')
+    assert storage.dequeue_many(4) == [b'2']
+    assert storage.dequeue_many(4) == []
+
+
+def test_postgres_takes_a_batch_with_one_statement_in_dequeue_order(postgres_db):
+    storage = PostgresStorage('batch', dsn=postgres_db.dsn)
+    for i, priority in enumerate([0, 5, 0, 5, 1]):
+        storage.enqueue(b'%d' % i, priority)
+    assert storage.dequeue_many(4) == [b'1', b'3', b'4', b'0']
+    assert storage.dequeue_many(4) == [b'2']
+    assert storage.dequeue_many(4) == []
+
+
+@pytest.mark.parametrize('make', [MemoryStorage, FileStorage], ids=['memory', 'file'])
+def test_the_native_storages_take_a_batch_in_dequeue_order_and_wait_for_one(make, tmp_path):
+    storage = make('batch', path=str(tmp_path)) if make is FileStorage else make('batch')
+    for i, priority in enumerate([0, 5, 0, 5, 1]):
+        storage.enqueue(b'%d' % i, priority)
+    assert storage.dequeue_many(4) == [b'1', b'3', b'4', b'0']
+    assert storage.dequeue_many(4) == [b'2']
+    assert storage.dequeue_many(4) == []
+    threading.Timer(0.05, storage.enqueue, (b'late',)).start()
+    assert storage.dequeue_many(4, timeout=WAIT) == [b'late']  # woken by the enqueue
+
+
+@pytest.mark.parametrize('n', [0, -1, 1.5, None])
+def test_dequeue_many_refuses_a_batch_size_that_is_not_a_positive_int(n, tmp_path):
+    for storage in (MemoryStorage('n'), SqliteStorage('n', filename=str(tmp_path / 'q.db'))):
+        with pytest.raises((ValueError, TypeError), match=r'\bn\b'):
+            storage.dequeue_many(n)
+
+
+def queued_memory_huey(name, n):
+    """A MemoryHuey with ``n`` tasks queued, ``record(0)`` to ``record(n - 1)``."""
+    huey = MemoryHuey(name)
+    record, _ = recording_task(huey)
+    for i in range(n):
+        record(i)
+    return huey
+
+
+def test_extras_are_fetched_only_while_tasks_are_short(monkeypatch):
+    monkeypatch.setattr(Prefetch, 'assumed_task_seconds', None)  # the default
+    prefetch = Prefetch(queued_memory_huey('short', 20), 4)
+    assert prefetch.next().args == (0,)
+    assert len(prefetch) == 0  # before any task ran: one message per fetch
+    prefetch.ran(0.001)
+    assert prefetch.next().args == (1,)
+    assert len(prefetch) == 3  # short tasks: a batch
+    assert [prefetch.next().args[0] for _ in range(3)] == [2, 3, 4]
+    for _ in range(10):
+        prefetch.ran(2.0)  # long tasks: one at a time again, the rest left to others
+    assert prefetch.next().args == (5,)
+    assert len(prefetch) == 0
+
+
+def test_a_message_left_waiting_in_the_buffer_goes_back_on_the_queue():
+    huey = queued_memory_huey('stale', 4)
+    prefetch = Prefetch(huey, 4)
+    assert prefetch.next().args == (0,)
+    assert len(prefetch) == 3 and huey.pending_count() == 0
+    assert prefetch.return_stale() == 0  # not waited long enough
+    assert prefetch.return_stale(now=time.monotonic() + prefetch.stale_after + 1) == 3
+    assert len(prefetch) == 0
+    assert [t.args[0] for t in huey.pending()] == [1, 2, 3]
+
+
+def test_a_message_held_behind_a_blocked_worker_goes_to_another_consumer(
+    redis_db, run_consumer, monkeypatch
+):
+    # One worker fetches two tasks that each wait for the other to start: the second waits
+    # in the buffer until the scheduler's next pass puts it back, and another consumer's
+    # worker runs it (huey 3.5.4 leaves it on the queue for that consumer to begin with).
+    monkeypatch.setattr(Prefetch, 'stale_after', 0.2)
+    started = {'a': threading.Event(), 'b': threading.Event()}
+    hueys = [make_huey(redis_db, 'pair'), make_huey(redis_db, 'pair')]
+    for huey in hueys:
+
+        @huey.task(name='meet')
+        def meet(me, other):
+            started[me].set()
+            return started[other].wait(WAIT)
+
+    first, second = meet('a', 'b'), meet('b', 'a')
+    holder = run_consumer(hueys[0], workers=1, prefetch=2)
+    wait_until(lambda: started['a'].is_set() and len(holder.prefetch) == 1, 'a buffered task')
+    run_consumer(hueys[1], workers=1, prefetch=1)
+    assert second.get(blocking=True, timeout=WAIT) is True
+    assert first.get(blocking=True, timeout=WAIT) is True
+    assert len(holder.prefetch) == 0

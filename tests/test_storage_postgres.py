@@ -222,10 +222,10 @@ class CountingStorage(PostgresStorage):
     pops = 0
     _counting = threading.Lock()  # Waiters in several threads count at once.
 
-    def _pop(self):
+    def _pop(self, n):
         with self._counting:
             self.pops += 1
-        return super()._pop()
+        return super()._pop(n)
 
 
 def test_an_idle_wait_sleeps_on_listen_without_polling(postgres_db):
@@ -315,8 +315,8 @@ class LateStorage(PostgresStorage):
 
     go = None
 
-    def _pop(self):
-        found = super()._pop()
+    def _pop(self, n):
+        found = super()._pop(n)
         if threading.current_thread().name == 'late' and not self.go.is_set():
             self.looked.set()
             self.go.wait(30)

@@ -105,7 +105,9 @@ class Worker(BaseProcess):
         self._run_hooks(self.huey._startup, 'startup')
 
     def shutdown(self):
-        if self.prefetch is not None:
+        # A worker replaced while the consumer runs (max_tasks, an error) leaves the buffer
+        # to the other workers and its successor; a stopping consumer puts it back.
+        if self.prefetch is not None and self.stop_flag.is_set():
             self.prefetch.release()
         self._run_hooks(self.huey._shutdown, 'shutdown')
 
@@ -139,10 +141,13 @@ class Worker(BaseProcess):
             return
         self.delay = self.default_delay
         self.task_count += 1
+        started = time.monotonic()
         try:
             self.huey.execute(task, now)
         except Exception:
             self._logger.exception('Unhandled error during execution of task %s.', task.id)
+        if self.prefetch is not None:
+            self.prefetch.ran(time.monotonic() - started)
         if self.max_tasks and self.task_count >= self.max_tasks:
             self._logger.info('Worker reached max tasks (%d), exiting.', self.max_tasks)
             raise WorkerRecycle()
@@ -163,6 +168,7 @@ class Scheduler(BaseProcess):
     periodic_task_seconds = 60
     process_name = 'Scheduler'
     monitor = None  # the consumer's huey.monitor.Monitor: heartbeats, off the task path
+    prefetch = None  # the consumer's huey.prefetch.Prefetch: stale messages go back
 
     def __init__(self, huey, stop_flag, interval, periodic):
         super().__init__(huey, stop_flag)
@@ -193,6 +199,8 @@ class Scheduler(BaseProcess):
             self.check_periodic(now)
         if self.monitor is not None:
             self.monitor.tick()
+        if self.prefetch is not None:
+            self.prefetch.return_stale()
         self.sleep_for_interval(current, self.interval)
 
     def shutdown(self):
@@ -388,6 +396,7 @@ class Consumer:
             periodic=self.periodic,
         )
         scheduler.monitor = self.monitor
+        scheduler.prefetch = self.prefetch
         scheduler.periodic_planner = self.periodic_planner
         return scheduler
 

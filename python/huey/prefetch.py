@@ -1,9 +1,10 @@
-"""The consumer's prefetch: on a storage that takes batches (``batch_dequeue``: Redis), a
-worker that finds nothing fetched takes several messages with one storage call
-(``BaseStorage.dequeue_many``), runs the first and leaves the rest in a small buffer that
-the other workers of its consumer process take from, so a busy queue costs a fraction of a
-round trip per task instead of one. Workers never wait for each other: while one worker's
-fetch is under way, another fetches for itself, taking only the room left in the buffer.
+"""The consumer's prefetch: on a storage that takes batches (``batch_dequeue``: every
+storage huey-rs ships except the contrib ones), a worker that finds nothing fetched takes
+several messages with one storage call (``BaseStorage.dequeue_many``), runs the first and
+leaves the rest in a small buffer that the other workers of its consumer process take from,
+so a busy queue costs a fraction of a round trip per task instead of one. Workers never
+wait for each other: while one worker fills the buffer, another that finds it empty fetches
+one message for itself.
 
 ``size`` is the most messages one fetch takes; the buffer never holds more than
 ``size - 1``, however many workers fetch at once. ``size=1``, and any storage without
@@ -17,6 +18,14 @@ waits for the next worker that finishes a task: a worker already waiting on an e
 takes new messages, not buffered ones, and on a priority queue a message enqueued with a
 higher priority than the buffered ones runs after them.
 
+A buffer is for short tasks, where a round trip is a real share of a task's cost: extras are
+fetched only while the process's tasks have been taking less than ``short_task`` seconds on
+average (not before one has run), so a consumer of long or blocking tasks takes one message
+at a time, as huey 3.5.4 does, and leaves the rest to other consumers. And a message that
+waited in the buffer longer than ``stale_after`` seconds (every worker is held by a task
+that runs long) goes back on the queue on the scheduler's next pass, for any consumer to
+take.
+
 Revocations, expiry, eta and locks are checked when a task starts, not when it is fetched,
 as before: a task revoked while it waits in the buffer does not run. (Reading a batch's
 revocation flags with the batch would save a round trip per task, but a revocation made
@@ -28,6 +37,7 @@ consumer fetches one at a time (``Huey.dequeue_many``).
 import collections
 import logging
 import threading
+import time
 
 logger = logging.getLogger('huey.consumer')
 
@@ -35,12 +45,22 @@ logger = logging.getLogger('huey.consumer')
 class Prefetch:
     """The buffer shared by one consumer process's workers."""
 
+    short_task = 0.01  # seconds: extras are fetched while tasks average less than this
+    assumed_task_seconds = None  # the average before a task has run (None: not short)
+    stale_after = 1.0  # seconds a buffered message may wait before it is put back
+
     def __init__(self, huey, size):
         self.huey = huey
         self.size = size
-        self._buffer = collections.deque()
-        self._lock = threading.Lock()
-        self._reserved = 0  # buffer room promised to the fetches in progress
+        self._buffer = collections.deque()  # (task, time.monotonic() when fetched)
+        self._filling = threading.Lock()  # held by the one worker filling the buffer
+        self._lock = threading.Lock()  # taken to put messages back, off the task path
+        self._average = self.assumed_task_seconds  # seconds a task took, moving average
+
+    def ran(self, seconds):
+        """A worker ran a task for ``seconds`` (a moving average over about ten tasks)."""
+        average = self._average
+        self._average = seconds if average is None else average + (seconds - average) / 8
 
     def __len__(self):
         return len(self._buffer)
@@ -59,29 +79,55 @@ class Prefetch:
         came."""
         if self.per_fetch == 1:
             return self.huey.dequeue(timeout)
-        with self._lock:
-            if self._buffer:
-                return self._buffer.popleft()
-            # Room left once the fetches in progress have filled theirs.
-            extra = max(0, self.size - 1 - self._reserved)
-            self._reserved += extra
-        tasks = ()
+        # No lock on this path. Taking a buffered message is one atomic deque.popleft, and
+        # one worker at a time fills the buffer: the others, instead of waiting for it (a
+        # contended lock hands itself to a thread that must then wait for the GIL, and the
+        # workers would queue up behind each other), fetch one message for themselves.
         try:
-            tasks = self.huey.dequeue_many(1 + extra, timeout)
+            return self._buffer.popleft()[0]
+        except IndexError:
+            pass
+        average = self._average
+        short = average is not None and average < self.short_task
+        if not short or not self._filling.acquire(blocking=False):
+            return self.huey.dequeue(timeout)
+        try:
+            try:  # filled by the worker that held the turn before this check?
+                return self._buffer.popleft()[0]
+            except IndexError:
+                pass
+            tasks = self.huey.dequeue_many(self.size, timeout)
+            if len(tasks) > 1:  # only this worker adds: the buffer stays under size
+                fetched = time.monotonic()
+                self._buffer.extend([(task, fetched) for task in tasks[1:]])
         finally:
-            with self._lock:
-                self._reserved -= extra
-                self._buffer.extend(tasks[1:])
+            self._filling.release()
         return tasks[0] if tasks else None
 
     def release(self):
         """Put every buffered message back on the queue (a worker is stopping)."""
+        self._put_back(lambda fetched: True)
+
+    def return_stale(self, now=None):
+        """Put back on the queue the messages buffered more than ``stale_after`` seconds
+        ago (the consumer's scheduler calls it on each pass); how many went back."""
+        oldest = (time.monotonic() if now is None else now) - self.stale_after
+        return self._put_back(lambda fetched: fetched <= oldest)
+
+    def _put_back(self, due):
+        """Re-enqueue buffered messages, oldest first, while ``due(fetched)`` holds."""
+        count = 0
         while True:
             with self._lock:
-                if not self._buffer:
-                    return
-                task = self._buffer.popleft()
+                try:
+                    task, fetched = self._buffer.popleft()
+                except IndexError:
+                    return count
+                if not due(fetched):
+                    self._buffer.appendleft((task, fetched))
+                    return count
             try:
                 self.huey.storage.enqueue(self.huey.serialize_task(task), task.priority)
+                count += 1
             except Exception:
                 logger.exception('Could not put prefetched task %s back on the queue', task.id)

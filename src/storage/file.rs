@@ -241,6 +241,26 @@ impl PyFileStore {
         Ok(data.map(|d| PyBytes::new(py, &d)))
     }
 
+    /// Up to `n` messages in dequeue order with one hold of the queue lock; when the queue
+    /// is empty, waits up to `timeout` seconds (None: not at all) as `dequeue_wait` does.
+    #[pyo3(signature = (n, timeout = None))]
+    fn dequeue_many<'py>(
+        &self,
+        py: Python<'py>,
+        n: isize,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let n = super::batch_arg(n)?;
+        let timeout = wait::timeout_arg("timeout", timeout)?;
+        let queue = &self.store.queue;
+        let batch = self.wait_for_queue(py, timeout, || {
+            let batch = queue.dequeue_many(n)?;
+            Ok((!batch.is_empty()).then_some(batch))
+        })?;
+        let batch = batch.unwrap_or_default();
+        Ok(batch.iter().map(|data| PyBytes::new(py, data)).collect())
+    }
+
     /// Move the next message in flight under `token` with a lease of `lease` seconds;
     /// `(data, deliveries)` or None. `timeout` waits as `dequeue_wait`.
     #[pyo3(signature = (consumer, token, lease, timeout = None))]

@@ -236,6 +236,33 @@ impl MemoryStore {
         })
     }
 
+    /// Up to `n` messages in dequeue order, taken under one lock; when the queue is empty,
+    /// waits up to `timeout` seconds (None: not at all) for the next enqueue. [] when none.
+    #[pyo3(signature = (n, timeout=None))]
+    fn dequeue_many(
+        &self,
+        py: Python<'_>,
+        n: isize,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let n = super::batch_arg(n)?;
+        let timeout = wait::timeout_arg("timeout", timeout)?;
+        let take = |state: &mut State| {
+            let batch: Vec<Py<PyAny>> = std::iter::from_fn(|| state.queue.pop().map(|e| e.data))
+                .take(n)
+                .collect();
+            (!batch.is_empty()).then_some(batch)
+        };
+        if let Some(batch) = take(&mut self.lock()) {
+            return Ok(batch);
+        }
+        let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
+            return Ok(Vec::new());
+        };
+        let batch = self.wait_for(py, &self.queue_ready, Some(timeout), take)?;
+        Ok(batch.unwrap_or_default())
+    }
+
     fn queue_size(&self) -> usize {
         self.lock().queue.len()
     }

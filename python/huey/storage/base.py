@@ -88,6 +88,7 @@ class BaseStorage:
         where the storage can; when the queue is empty, wait for one as ``dequeue()`` does,
         or as ``dequeue_wait(timeout)`` does when ``timeout`` is given. The consumer's
         prefetch (``huey.prefetch``) uses it. Default: one message."""
+        check_batch(n)
         data = self.dequeue() if timeout is None else self.dequeue_wait(timeout)
         return [] if data is None else [data]
 
@@ -485,6 +486,13 @@ def check_limit(limit):
     if limit < 0:
         raise ValueError(f'limit must be >= 0, got {limit}')
     return min(limit, sys.maxsize)  # more than any storage holds: every letter
+
+
+def check_batch(n):
+    """``dequeue_many``'s ``n``: a positive int."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f'n must be a positive number of messages, got {n!r}')
+    return n
 
 
 class BlackHoleStorage(BaseStorage):

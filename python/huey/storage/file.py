@@ -72,6 +72,7 @@ class FileStorage(BaseStorage):
     MAX_PRIORITY = 0xFFFF
     wakeup = True  # dequeue_wait() sleeps on inotify until another process enqueues
     reliable_delivery = True  # dequeue_reliable, renew_leases, ack, recover_expired
+    batch_dequeue = True  # dequeue_many: one native call under one hold of the queue lock
 
     def __init__(
         self,
@@ -116,6 +117,9 @@ class FileStorage(BaseStorage):
 
     def dequeue_wait(self, timeout):
         return self._store.dequeue_wait(timeout)
+
+    def dequeue_many(self, n, timeout=None):
+        return self._store.dequeue_many(n, timeout)
 
     def queue_size(self):
         return self._store.queue_size()

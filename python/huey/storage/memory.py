@@ -25,6 +25,7 @@ class MemoryStorage(BaseStorage):
     blocking = False  # dequeue() returns at once...
     wakeup = True  # ...but dequeue_wait() sleeps until an enqueue wakes it
     priority = True
+    batch_dequeue = True  # dequeue_many: one native call under one lock
 
     # Called once or more per task: unless a subclass overrides one of these, the instance
     # gets the native store's bound method itself, so no Python frame sits in between.
@@ -32,6 +33,7 @@ class MemoryStorage(BaseStorage):
         'enqueue',
         'dequeue',
         'dequeue_wait',
+        'dequeue_many',
         'put_data',
         'peek_data',
         'pop_data',
@@ -75,6 +77,9 @@ class MemoryStorage(BaseStorage):
 
     def dequeue_wait(self, timeout):
         return self._store.dequeue_wait(timeout)
+
+    def dequeue_many(self, n, timeout=None):
+        return self._store.dequeue_many(n, timeout)
 
     def queue_size(self):
         return self._store.queue_size()

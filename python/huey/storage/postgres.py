@@ -37,6 +37,7 @@ import threading
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
+from huey.storage.base import check_batch
 from huey.storage.postgres_connection import (
     MISSING_PSYCOPG,
     PostgresConnections,
@@ -82,6 +83,7 @@ class PostgresStorage(PostgresConnections, PostgresReliableDelivery, BaseSqlStor
     priority = True
     wakeup = True  # dequeue_wait() sleeps on LISTEN until an enqueue notifies
     reliable_delivery = True
+    batch_dequeue = True  # dequeue_many: one DELETE ... RETURNING
 
     def __init__(
         self,
@@ -281,18 +283,32 @@ class PostgresStorage(PostgresConnections, PostgresReliableDelivery, BaseSqlStor
                 ),
             )
 
-    def _pop(self):
-        row = self._run('dequeue', (self.name,), binary=True).fetchone()
-        return None if row is None else row[0]
+    def _pop(self, n):
+        """The next ``n`` messages in dequeue order, deleted by one statement; None if none."""
+        rows = self._run('dequeue', (self.name, n), binary=True).fetchall()
+        if not rows:
+            return None
+        rows.sort(key=lambda row: (-row[0], row[1]))
+        return [data for _, _, data in rows]
 
     def dequeue(self):
         """The next message, or None; with ``blocking`` waits up to ``read_timeout`` for
         one when the queue is empty."""
-        return self._wait_using(self._pop, self.read_timeout if self.blocking else 0)
+        batch = self.dequeue_many(1)
+        return batch[0] if batch else None
+
+    def dequeue_many(self, n, timeout=None):
+        """Up to ``n`` messages with one statement; when the queue is empty, waits as
+        ``dequeue()`` does, or as ``dequeue_wait(timeout)`` when ``timeout`` is given."""
+        check_batch(n)
+        if timeout is None:
+            timeout = self.read_timeout if self.blocking else 0
+        return self._wait_using(lambda: self._pop(n), timeout) or []
 
     def dequeue_wait(self, timeout):
         """Dequeue, waiting up to ``timeout`` seconds for an enqueue's notification."""
-        return self._wait_using(self._pop, timeout)
+        batch = self._wait_using(lambda: self._pop(1), timeout)
+        return batch[0] if batch else None
 
     def queue_size(self):
         return self._scalar('queue_size', (self.name,))

@@ -69,9 +69,11 @@ def statements(p):
             'with ordinality as item(data, priority, n) order by item.n returning 1) '
             "select pg_notify(%s, '') from (select 1 from added limit 1) as any_added"
         ),
+        # The next n messages; RETURNING's order is unspecified, hence priority and id.
         'dequeue': (
-            f'delete from {t} where id = (select id from {t} where queue = %s '
-            'order by priority desc, id limit 1 for update skip locked) returning data'
+            f'delete from {t} where id in (select id from {t} where queue = %s '
+            'order by priority desc, id limit %s for update skip locked) '
+            'returning priority, id, data'
         ),
         # Reliable: queue -> in flight in one statement, with the deliveries charged
         # so far (remembered for a message recovery put back); this one is charged by

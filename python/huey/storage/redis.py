@@ -49,7 +49,7 @@ from functools import cached_property
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
-from huey.storage.base import BaseStorage, check_limit, dead_letter
+from huey.storage.base import BaseStorage, check_batch, check_limit, dead_letter
 from huey.storage.redis_client import FailoverAwareRedis, ThreadClients, connect, describe
 from huey.storage.redis_reliable import RedisReliableDelivery
 from huey.storage.redis_scripts import Scripts
@@ -252,7 +252,7 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
         """Up to ``n`` queued messages with one command while the queue has some (the
         consumer's prefetch); when it is empty, one message waited for as ``dequeue()``
         (or ``dequeue_wait(timeout)``) waits."""
-        if n > 1:
+        if check_batch(n) > 1:
             items = self._pop_many(n)
             if items:
                 return items

@@ -38,7 +38,7 @@ import time
 
 from huey.constants import EmptyData
 
-from huey.storage.base import BaseStorage
+from huey.storage.base import BaseStorage, check_batch
 from huey.storage.sqlite_reliable import CHUNK
 from huey.storage.sqlite_reliable import SqliteReliableDelivery
 from huey.storage.sqlite_scheduler import SqliteScheduler
@@ -110,6 +110,7 @@ class SqliteStorage(SqliteWaiting, SqliteScheduler, SqliteReliableDelivery, Base
     priority = True
     wakeup = True  # dequeue_wait() is woken by commits from other connections
     reliable_delivery = True  # dequeue_reliable, renew_leases, ack, recover_expired
+    batch_dequeue = True  # dequeue_many: one DELETE ... RETURNING
 
     # The driver. CySqliteStorage (huey.storage.sql) runs the same statements on cysqlite.
     operational_error = sqlite3.OperationalError
@@ -292,12 +293,15 @@ class SqliteStorage(SqliteWaiting, SqliteScheduler, SqliteReliableDelivery, Base
     def _rows(self, sql, params, what='reading'):
         return self._run(self.conn, sql, params, what).fetchall()
 
-    def _delete_returning(self, table, where, params, columns, what):
+    def _delete_returning(self, table, where, params, columns, what, conn=None):
         """Atomically delete the rows matching ``where`` and return ``columns`` of them."""
         if self.has_returning:
             # One autocommit statement; fetchall() drives it to completion, which commits.
             return self._run(
-                self.conn, f'delete from {table} where {where} returning {columns}', params, what
+                conn or self.conn,
+                f'delete from {table} where {where} returning {columns}',
+                params,
+                what,
             ).fetchall()
         with self._transaction(what) as conn:
             return self._delete_in(conn, table, where, params, columns)
@@ -360,26 +364,31 @@ class SqliteStorage(SqliteWaiting, SqliteScheduler, SqliteReliableDelivery, Base
             )
 
     def dequeue(self):
-        return self._dequeue_using(self._pop_task)
+        batch = self.dequeue_many(1)
+        return batch[0] if batch else None
 
-    def _pop_task(self, conn):
-        if self.has_returning:
-            rows = self._run(
-                conn,
-                'delete from task where id = (select id from task where queue = ? '
-                'order by priority desc, id limit 1) returning data',
-                (self.name,),
-                'dequeueing a task',
-            ).fetchall()
-        else:
-            rows = self._delete_returning(
-                'task',
-                'id = (select id from task where queue = ? order by priority desc, id limit 1)',
-                (self.name,),
-                'data',
-                'dequeueing a task',
-            )
-        return rows[0][0] if rows else None
+    def dequeue_many(self, n, timeout=None):
+        """Up to ``n`` messages with one statement; waits as ``dequeue_wait`` when the queue
+        is empty and ``timeout`` is given."""
+        check_batch(n)
+
+        def take():
+            return self._dequeue_using(lambda conn: self._pop_tasks(conn, n))
+
+        batch = take() if timeout is None else self._wait_using(take, timeout)
+        return batch or []
+
+    def _pop_tasks(self, conn, n):
+        """Delete the next ``n`` messages and return them in dequeue order (None if none):
+        one autocommit statement."""
+        where = 'id in (select id from task where queue = ? order by priority desc, id limit ?)'
+        rows = self._delete_returning(
+            'task', where, (self.name, n), 'priority, id, data', 'dequeueing tasks', conn
+        )
+        if not rows:
+            return None
+        rows.sort(key=lambda row: (-row[0], row[1]))  # RETURNING's order is unspecified
+        return [data for _, _, data in rows]
 
     def queue_size(self):
         return self._rows('select count(id) from task where queue = ?', (self.name,))[0][0]

@@ -349,6 +349,31 @@ impl Queue {
         let mut locked = self.locked()?;
         let State { index, segments } = &mut *locked.state;
         let index = index.as_ref().expect("validated when locked");
+        self.take(segments, index, keep)
+    }
+
+    /// Up to `n` messages in dequeue order, under one hold of the queue lock.
+    pub fn dequeue_many(&self, n: usize) -> Result<Vec<Vec<u8>>> {
+        let mut locked = self.locked()?;
+        let State { index, segments } = &mut *locked.state;
+        let index = index.as_ref().expect("validated when locked");
+        let mut batch = Vec::new();
+        while batch.len() < n {
+            match self.take(segments, index, |message| Ok(message.data))? {
+                Some(data) => batch.push(data),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// `dequeue_with`'s work, with the queue lock held by the caller.
+    fn take<T>(
+        &self,
+        segments: &mut Segments,
+        index: &Index,
+        keep: impl FnOnce(Dequeued) -> Result<T>,
+    ) -> Result<Option<T>> {
         while let Some(priority) = index.marked().next() {
             let head = index.head(priority).load(Ordering::SeqCst);
             if head >= index.tail(priority).load(Ordering::SeqCst) {
