@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test test-rust test-python dev wheel wheels wheel-matrix lint bench bench-quick \
+.PHONY: demo test test-rust test-python test-prefetch1 dev wheel wheels wheel-matrix lint bench bench-quick \
 	bench-metrics soak crash-matrix chaos conformance redis-server postgres prometheus chromium clean
 
 $(PY):
@@ -77,6 +77,11 @@ test-rust:
 
 test-python: dev
 	$(PY) -m pytest -q --durations=15
+
+# The whole Python suite, the crash matrix included, with every consumer taking one message
+# per fetch (HUEY_PREFETCH=1: huey 3.5.4's behaviour). Not part of `make test`.
+test-prefetch1: redis-server postgres prometheus chromium dev
+	HUEY_PREFETCH=1 $(PY) -m pytest -q
 
 # dist/huey_rs-*.whl for this machine, and the same files as distribution huey
 # (huey-3.5.4+rs.*.whl: for packages that require huey; README "One implementation per install").

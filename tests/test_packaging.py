@@ -336,13 +336,17 @@ def app_dir(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'path, reliable', [('app.huey', 'off'), ('app.reliable', 'on')], ids=['default', 'reliable']
+    'path, reliable, prefetch',
+    [('app.huey', 'off', 3), ('app.reliable', 'on', 1)],  # reliable mode: one at a time
+    ids=['default', 'reliable'],
 )
-def test_consumer_first_log_line_names_huey_rs_and_reliable_mode(app_dir, path, reliable):
-    line = first_line_then_stop(start_consumer(app_dir, path, '-w', '2'))
+def test_consumer_first_log_line_names_huey_rs_and_reliable_mode(
+    app_dir, path, reliable, prefetch
+):
+    line = first_line_then_stop(start_consumer(app_dir, path, '-w', '2', '-p', '3'))
     assert re.search(
         rf'Huey consumer started with 2 thread, PID \d+ at .* '
-        rf'\(huey-rs {re.escape(VERSION)}, reliable mode {reliable}, prefetch 1\)$',
+        rf'\(huey-rs {re.escape(VERSION)}, reliable mode {reliable}, prefetch {prefetch}\)$',
         line.rstrip('\n'),
     ), line
 

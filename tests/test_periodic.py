@@ -99,7 +99,7 @@ class Fleet:
 
     def drain(self):
         """Run what was enqueued: until the queue and every consumer's prefetch buffer
-        (huey.prefetch, on Redis) are empty."""
+        (huey.prefetch) are empty."""
         huey = self.consumers[0][0].huey
 
         def waiting(consumer):

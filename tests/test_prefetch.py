@@ -51,6 +51,7 @@ def eager_prefetch(monkeypatch):
     buffer on purpose. (The tests of those two rules set their own values.)"""
     monkeypatch.setattr(Prefetch, 'assumed_task_seconds', 0.0)
     monkeypatch.setattr(Prefetch, 'stale_after', 3600.0)
+    monkeypatch.delenv('HUEY_PREFETCH', raising=False)  # make test-prefetch1 sets it
 
 
 def make_huey(redis_db, name='prefetch'):
@@ -144,6 +145,19 @@ def test_default_prefetch_is_one_more_than_thread_workers_and_one_for_processes(
     assert huey.create_consumer(workers=3).prefetch.size == 4
     assert huey.create_consumer(workers=3, worker_type='greenlet').prefetch.size == 4
     assert huey.create_consumer(workers=3, worker_type='process').prefetch.size == 1
+
+
+def test_huey_prefetch_in_the_environment_sets_the_default(monkeypatch):
+    huey = MemoryHuey('env')
+    monkeypatch.setenv('HUEY_PREFETCH', '1')
+    assert huey.create_consumer(workers=4).prefetch.size == 1
+    assert huey.create_consumer(workers=4, prefetch=3).prefetch.size == 3  # given wins
+    monkeypatch.setenv('HUEY_PREFETCH', '7')
+    assert huey.create_consumer(workers=2, worker_type='process').prefetch.size == 7
+    for bad in ('0', '-2', 'lots', '1.5'):
+        monkeypatch.setenv('HUEY_PREFETCH', bad)
+        with pytest.raises(ConfigurationError, match=f'HUEY_PREFETCH .*{bad!r}'):
+            huey.create_consumer()
 
 
 def test_a_storage_without_batches_is_read_one_message_at_a_time(tmp_path, run_consumer):

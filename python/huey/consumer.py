@@ -253,12 +253,25 @@ class Scheduler(BaseProcess):
             self._enqueue(task, 'Error enqueueing periodic task %s.')
 
 
+def default_prefetch(workers, worker_type):
+    """``HUEY_PREFETCH`` where set; else a buffer per process holding at most as many
+    messages as run: one more than the workers, and 1 for process workers."""
+    value = os.environ.get('HUEY_PREFETCH', '').strip()
+    if not value:
+        return 1 if worker_type == WORKER_PROCESS else workers + 1
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f'HUEY_PREFETCH must be a positive integer, got {value!r}')
+    return int(value)
+
+
 class Consumer:
     """Runs the workers and the scheduler for a Huey instance and handles OS signals:
     the graceful signal (SIGINT, or SIGTERM with ``graceful_signal='TERM'``) lets running
     tasks finish, the other interrupts them, SIGHUP restarts the consumer. ``prefetch``:
-    the most messages one fetch takes (see ``huey.prefetch``); default one more than the
-    number of workers, so at most as many wait as run; 1 for process workers."""
+    the most messages one fetch takes (see ``huey.prefetch``); default the environment
+    variable ``HUEY_PREFETCH`` where set (``HUEY_PREFETCH=1`` turns prefetching off without
+    touching code), else one more than the number of workers, so at most as many wait as
+    run, and 1 for process workers."""
 
     worker_class = Worker
     scheduler_class = Scheduler
@@ -296,8 +309,8 @@ class Consumer:
             raise ConfigurationError(
                 f"graceful_signal must be 'INT' or 'TERM', got {graceful_signal!r}"
             )
-        if prefetch is None:  # a buffer per process: as many waiting as running at most
-            prefetch = 1 if worker_type == WORKER_PROCESS else workers + 1
+        if prefetch is None:
+            prefetch = default_prefetch(workers, worker_type)
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ConfigurationError(f'prefetch must be a positive integer, got {prefetch!r}')
         if max_tasks and not check_worker_health:

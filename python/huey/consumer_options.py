@@ -128,9 +128,10 @@ class OptionParserHandler:
                 dest='prefetch',
                 metavar='COUNT',
                 type='int',
-                help='messages one fetch may take from a Redis queue; workers of a process '
-                'share those beyond the first (default=workers + 1, 1 for process workers; '
-                '1 is one message at a time, as huey 3.5.4 takes them)',
+                help='messages one fetch may take from the queue; workers of a process '
+                'share those beyond the first (default=$HUEY_PREFETCH if set, else '
+                'workers + 1, 1 for process workers; 1 is one message at a time, as huey '
+                '3.5.4 takes them)',
             ),
             option(
                 ('P', 'metrics'),
