@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from huey import FileHuey, MemoryHuey, PostgresHuey, RedisHuey, SqliteHuey
 from huey import signals as S
@@ -176,21 +177,27 @@ def test_a_storage_without_batches_is_read_one_message_at_a_time(tmp_path, run_c
     assert len(consumer.prefetch) == 0
 
 
-def test_a_task_revoked_by_the_receiver_of_the_task_before_it_is_not_run(redis_db, run_consumer):
-    # Fetched in one batch, but each task's revocation flags are read when it starts: a
-    # revocation made when the task before it completed still applies, as in huey 3.5.4.
+@pytest.mark.parametrize('change, expected', [('revoke', [0, 1, 3]), ('restore', [0, 1, 2, 3])])
+def test_a_change_made_by_the_receiver_of_the_task_before_applies(
+    change, expected, redis_db, run_consumer
+):
+    # Fetched in one batch, and task 2's flags read with task 1's result write; the receiver
+    # of task 1's SIGNAL_COMPLETE then revokes (or restores) task 2, and its start sees
+    # that, as in huey 3.5.4.
     huey = make_huey(redis_db)
     record, ran = recording_task(huey)
     results = [record(i) for i in range(4)]
+    if change == 'restore':
+        results[2].revoke(revoke_once=False)
 
     @huey.signal(S.SIGNAL_COMPLETE)
-    def cancel_the_next(signal, task):
+    def change_the_next(signal, task):
         if task.id == results[1].id:
-            results[2].revoke()
+            getattr(results[2], change)()
 
     run_consumer(huey, workers=1, prefetch=4)
     assert results[3].get(blocking=True, timeout=WAIT) == 3
-    assert ran == [0, 1, 3]
+    assert ran == expected
     assert (4, 4) in huey.storage.calls  # the four came in one batch
 
 
@@ -441,3 +448,47 @@ def test_a_message_held_behind_a_blocked_worker_goes_to_another_consumer(
     assert second.get(blocking=True, timeout=WAIT) is True
     assert first.get(blocking=True, timeout=WAIT) is True
     assert len(holder.prefetch) == 0
+
+
+def test_a_result_write_reads_the_next_tasks_revocation_flags_in_the_same_command(
+    redis_db, run_consumer, monkeypatch
+):
+    huey = make_huey(redis_db)
+    record, ran = recording_task(huey)
+    results = [record(i) for i in range(40)]
+    sent = []
+    execute = redis.Redis.execute_command
+    monkeypatch.setattr(
+        redis.Redis,  # every client: the worker threads have their own
+        'execute_command',
+        lambda client, *args, **kwargs: sent.append(args[0]) or execute(client, *args, **kwargs),
+    )
+    run_consumer(huey, workers=1, prefetch=4)
+    assert [r.get(blocking=True, timeout=WAIT) for r in results] == list(range(40))
+    assert sorted(ran) == list(range(40))
+    reads = sent.count('HMGET')
+    # Each batch's first task reads its flags alone; the others come with a result write.
+    assert 0 < reads <= 40 // 4 + 2, sent
+
+
+def test_a_revocation_made_by_the_task_before_applies_to_a_task_taken_ahead(
+    redis_db, run_consumer
+):
+    huey = make_huey(redis_db)
+    ran, results = [], []
+
+    @huey.task()
+    def step(i):
+        ran.append(i)
+        if i == 1:
+            results[2].revoke(revoke_once=False)  # before the write that reads its flags
+        if i == 3:
+            results[4].revoke(revoke_once=True)
+        return i
+
+    results.extend(step(i) for i in range(6))
+    run_consumer(huey, workers=1, prefetch=6)
+    assert results[5].get(blocking=True, timeout=WAIT) == 5
+    assert ran == [0, 1, 3, 5]
+    assert huey.is_revoked(results[2])  # a plain revocation stays
+    assert not huey.is_revoked(results[4])  # a one-time revocation was used up

@@ -343,6 +343,20 @@ def test_delete_and_put(storage):
     assert storage.peek_data('task') == b'again'
 
 
+def test_delete_put_and_peek_stores_a_result_then_reads_other_keys(storage):
+    storage.put_data('r:task', b'revoked')
+    storage.put_data('r:next', b'flag')
+    found = storage.delete_put_and_peek('r:task', 'task', b'result', ['r:next', 'rt:none'])
+    assert found == {'r:next': b'flag'}
+    assert not storage.has_data_for_key('r:task')
+    assert storage.peek_data('task') == b'result'
+    # Without a key only the delete happens; the read sees the state after it.
+    assert storage.delete_put_and_peek('r:next', None, None, ['r:next', 'task']) == {
+        'task': b'result'
+    }
+    assert storage.delete_put_and_peek('r:gone', None, None, []) == {}
+
+
 def test_put_if_empty(storage):
     assert storage.put_if_empty('lock', b'first')
     assert not storage.put_if_empty('lock', b'second')

@@ -137,6 +137,8 @@ class Huey:
         # task needs it unless a subclass customises ready_to_run.
         self._direct_results = type(self).put_result is Huey.put_result
         self._custom_ready_to_run = type(self).ready_to_run is not Huey.ready_to_run
+        own = ('is_revoked', 'revoke', 'restore', 'revoke_all', 'restore_all')
+        self._custom_revocation = any(getattr(type(self), n) is not getattr(Huey, n) for n in own)
 
     def __repr__(self):
         return f'<{type(self).__name__} {self.name!r} storage={type(self.storage).__name__}>'
@@ -498,14 +500,14 @@ class Huey:
         self._revocations.revoke(key, revoke_until, revoke_once)
 
     def restore_all(self, task_class):
-        return self.delete(self._revocations.class_key(task_class))
+        return self._revocations.restore(self._revocations.class_key(task_class))
 
     def revoke(self, task, revoke_until=None, revoke_once=False):
         self._revocations.revoke(task.revoke_id, revoke_until, revoke_once)
 
     def restore(self, task):
         """Un-revoke; True when the task was revoked."""
-        return self.delete(task.revoke_id)
+        return self._revocations.restore(task.revoke_id)
 
     def revoke_by_id(self, id, revoke_until=None, revoke_once=False):
         return self.revoke(Task(id=id), revoke_until, revoke_once)

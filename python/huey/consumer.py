@@ -107,8 +107,10 @@ class Worker(BaseProcess):
     def shutdown(self):
         # A worker replaced while the consumer runs (max_tasks, an error) leaves the buffer
         # to the other workers and its successor; a stopping consumer puts it back.
-        if self.prefetch is not None and self.stop_flag.is_set():
-            self.prefetch.release()
+        if self.prefetch is not None:
+            self.prefetch.give_back_ahead()
+            if self.stop_flag.is_set():
+                self.prefetch.release()
         self._run_hooks(self.huey._shutdown, 'shutdown')
 
     def _waits_in_storage(self):

@@ -54,7 +54,7 @@ def execute_if_due(huey, task, timestamp=None):
         timestamp = huey._get_timestamp()
     if timestamp is not None and not huey.ready_to_run(task, timestamp):
         huey.add_schedule(task)
-    elif huey.is_revoked(task, timestamp, False):
+    elif _is_revoked(huey, task, timestamp):
         logger.warning('Task %s was revoked, not executing', task)
         huey._emit(S.SIGNAL_REVOKED, task)
         abort_chord_member(huey, task, SKIPPED)
@@ -67,6 +67,16 @@ def execute_if_due(huey, task, timestamp=None):
         huey._emit(S.SIGNAL_EXECUTING, task)
         return _execute(huey, task)
     return None
+
+
+def _is_revoked(huey, task, timestamp):
+    """``huey.is_revoked(task, timestamp, False)``, with the flags the previous task's
+    result write read (``_finish``) unless a revoke or restore in this process since may
+    have changed them."""
+    read = task.__dict__.pop('_revocation_flags', None)
+    if read is None or read[0] != huey._revocations.changes:
+        return huey.is_revoked(task, timestamp, False)
+    return huey._revocations.is_revoked(task, timestamp, False, stored=read[1])
 
 
 def _execute(huey, task):
@@ -168,14 +178,12 @@ def record_success(huey, task, value, store, periodic):
     hooks, send SIGNAL_COMPLETE, then enqueue the continuation and report to the chord."""
     if store and (value is not None or huey.store_none):
         if huey._direct_results:
-            huey.storage.delete_and_put(
-                task.revoke_id, task.id, huey.serializer.serialize(value), is_result=True
-            )
+            _finish(huey, task, task.id, huey.serializer.serialize(value))
         else:  # a subclass customises how results are stored
             huey.delete(task.revoke_id)
             huey.put_result(task.id, value)
     elif not periodic:
-        huey.delete(task.revoke_id)
+        _finish(huey, task, None, None)
     run_post_execute(huey, task, value, None)
     huey._emit(S.SIGNAL_COMPLETE, task)
     if task.on_complete:
@@ -183,6 +191,28 @@ def record_success(huey, task, value, store, periodic):
         huey.enqueue(task.on_complete)
     if task.chord_config is not None:
         report_to_chord(huey, task.chord_config, value)
+
+
+def _finish(huey, task, key, data):
+    """Clear the task's revocation flag and store ``data`` under ``key`` (None: no result).
+    When the worker can take its next task now (``huey.prefetch``), that task's revocation
+    flags are read in the same round trip (``storage.delete_put_and_peek``), where they
+    would have been read anyway: after this write, before the next start. Hooks and signal
+    receivers still run in between; one that revokes or restores anything (in this process)
+    makes the next start read its flags again (``Revocations.changes``)."""
+    prefetch = task._prefetch
+    ahead = None
+    if prefetch is not None and huey._direct_results and not huey._custom_revocation:
+        ahead = prefetch.take_ahead()
+    if ahead is not None:
+        changes = huey._revocations.changes
+        keys = huey._revocations.keys(ahead)
+        flags = huey.storage.delete_put_and_peek(task.revoke_id, key, data, keys)
+        ahead._revocation_flags = (changes, flags)
+    elif key is None:
+        huey.delete(task.revoke_id)
+    else:
+        huey.storage.delete_and_put(task.revoke_id, key, data, is_result=True)
 
 
 def record_failure(huey, task, value, exception, retry_eta, store, periodic):

@@ -28,9 +28,12 @@ take.
 
 Revocations, expiry, eta and locks are checked when a task starts, not when it is fetched,
 as before: a task revoked while it waits in the buffer does not run. (Reading a batch's
-revocation flags with the batch would save a round trip per task, but a revocation made
-between the fetch and the start, by a signal receiver of the task before it, say, would
-then be missed.) In reliable mode every message is leased when it is taken, so the
+revocation flags with the batch would miss a revocation made between the fetch and the
+start.) What saves that round trip instead: a worker finishing a task takes its next one
+from the buffer (``take_ahead``) and reads that task's flags with the same storage call
+that stores the result (``huey.execution._finish``), the moment they would be read anyway;
+a revoke or restore in this process in between makes the start read them again. In
+reliable mode every message is leased when it is taken, so the
 consumer fetches one at a time (``Huey.dequeue_many``).
 """
 
@@ -56,6 +59,7 @@ class Prefetch:
         self._filling = threading.Lock()  # held by the one worker filling the buffer
         self._lock = threading.Lock()  # taken to put messages back, off the task path
         self._average = self.assumed_task_seconds  # seconds a task took, moving average
+        self._ahead = threading.local()  # .task: the next task of this worker, if taken
 
     def ran(self, seconds):
         """A worker ran a task for ``seconds`` (a moving average over about ten tasks)."""
@@ -79,6 +83,36 @@ class Prefetch:
         came."""
         if self.per_fetch == 1:
             return self.huey.dequeue(timeout)
+        task = self._next_task(timeout)
+        if task is not None:
+            task._prefetch = self  # its result write may take the next task (take_ahead)
+        return task
+
+    def take_ahead(self):
+        """Take the next buffered task for the calling worker, to run right after the task
+        it is finishing (``huey.execution`` reads its revocation flags with that task's
+        result write); None when none is buffered."""
+        try:
+            task, _ = self._buffer.popleft()
+        except IndexError:
+            return None
+        self._ahead.task = task
+        return task
+
+    def give_back_ahead(self):
+        """A worker that stops with a task taken ahead returns it to the buffer's front
+        (its flags will be read again when it starts)."""
+        task = getattr(self._ahead, 'task', None)
+        if task is not None:
+            self._ahead.task = None
+            task.__dict__.pop('_revocation_flags', None)
+            self._buffer.appendleft((task, time.monotonic()))
+
+    def _next_task(self, timeout):
+        ahead = getattr(self._ahead, 'task', None)
+        if ahead is not None:
+            self._ahead.task = None
+            return ahead
         # No lock on this path. Taking a buffered message is one atomic deque.popleft, and
         # one worker at a time fills the buffer: the others, instead of waiting for it (a
         # contended lock hands itself to a thread that must then wait for the GIL, and the

@@ -19,6 +19,9 @@ class Revocations:
     def __init__(self, huey):
         self.huey = huey
         self._class_keys = {}  # task class -> its 'rt:' key
+        # Moves on every revoke or restore made in this process: flags read before it moved
+        # may be out of date (see huey.execution._finish).
+        self.changes = 0
 
     def class_key(self, task_class):
         """``rt:{name}`` for a task class or the TaskWrapper of one."""
@@ -34,7 +37,13 @@ class Revocations:
     def revoke(self, key, revoke_until, revoke_once):
         if revoke_until is not None:
             revoke_until = normalize_time(revoke_until, utc=self.huey.utc)
+        self.changes += 1
         self.huey.put(key, (revoke_until, revoke_once))
+
+    def restore(self, key):
+        """Delete the flag ``key``; True when there was one."""
+        self.changes += 1
+        return self.huey.delete(key)
 
     def keys(self, target):
         """The flags that apply to a task, task class/wrapper, result or task id."""
@@ -46,9 +55,11 @@ class Revocations:
             return self.keys(target.task)
         return [Task(id=target).revoke_id]
 
-    def is_revoked(self, target, timestamp=None, peek=True):
+    def is_revoked(self, target, timestamp=None, peek=True, stored=None):
+        """``stored``: the flags already read (a dict as ``storage.peek_many`` returns)."""
         keys = self.keys(target)
-        stored = self.huey.storage.peek_many(keys)
+        if stored is None:
+            stored = self.huey.storage.peek_many(keys)
         if not stored:
             return False
         for key in keys:

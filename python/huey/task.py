@@ -24,6 +24,9 @@ class Task:
     # Set by ``Huey.dequeue`` in reliable mode: the ``huey.reliable.Delivery`` this run holds
     # (its token in the storage's in-flight area). None for every other task.
     delivery = None
+    # Set by the consumer's prefetch (``huey.prefetch``) on the tasks it hands out: the
+    # buffer the task's result write may take the next task from.
+    _prefetch = None
 
     def __init__(
         self,

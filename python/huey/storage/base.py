@@ -187,6 +187,17 @@ class BaseStorage:
         self.delete_data(delete_key)
         self.put_data(key, value, is_result)
 
+    def delete_put_and_peek(self, delete_key, key, value, peek_keys):
+        """The consumer's last write for one task and first read for the next, with one round
+        trip where the storage can: ``delete_and_put(delete_key, key, value, True)`` (only
+        ``delete_data(delete_key)`` when ``key`` is None), then ``peek_many(peek_keys)``,
+        whose dict it returns (the next task's revocation flags, see ``huey.prefetch``)."""
+        if key is None:
+            self.delete_data(delete_key)
+        else:
+            self.delete_and_put(delete_key, key, value, is_result=True)
+        return self.peek_many(peek_keys)
+
     def put_if_empty(self, key, value, ttl=None):
         """Store ``value`` at ``key`` only when ``key`` holds nothing; True when stored.
         ``ttl`` (seconds): the value expires; storages that cannot raise

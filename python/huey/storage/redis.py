@@ -408,9 +408,21 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
         return self.notify_result_ttl if is_result and self.notify_result else 0
 
     def delete_and_put(self, delete_key, key, value, is_result=False):
-        self._scripts.hash_replace(
-            keys=[self.result_key, self.notify_prefix + _text(key)],
-            args=[delete_key, key, value, self._notify_ttl(is_result)],
+        self._hash_replace(delete_key, key, value, self._notify_ttl(is_result), [])
+
+    def delete_put_and_peek(self, delete_key, key, value, peek_keys):
+        """One script: the result written, then the fields of ``peek_keys`` read."""
+        peek_keys = list(peek_keys)
+        ttl = self._notify_ttl(True)
+        values = self._hash_replace(delete_key, key, value, ttl, peek_keys)
+        return {k: v for k, v in zip(peek_keys, values) if v is not None}
+
+    def _hash_replace(self, delete_key, key, value, notify_ttl, peek_keys):
+        put = key is not None
+        return self._scripts.hash_replace(
+            keys=[self.result_key, self.notify_prefix + (_text(key) if put else '')],
+            args=[delete_key, '1' if put else '0', key if put else '', value if put else b'']
+            + [notify_ttl, *peek_keys],
             client=self.conn,
         )
 

@@ -4,6 +4,7 @@ queue, schedule and every other key are RedisStorage's.
 """
 
 from huey.constants import EmptyData
+from huey.storage.base import BaseStorage
 from huey.storage.redis import RedisStorage, _glob_escape, _text
 
 
@@ -40,6 +41,9 @@ class RedisExpireStorage(RedisStorage):
             pipe.execute()
         else:
             self.conn.set(self.result_key(key), value, ex=self._expire_time)
+
+    # Flags and results are separate keys here: the default's two round trips.
+    delete_put_and_peek = BaseStorage.delete_put_and_peek
 
     def delete_and_put(self, delete_key, key, value, is_result=False):
         self._scripts.key_replace(

@@ -45,16 +45,23 @@ return 0
 
 # The consumer's result write (``delete_and_put``): one field of the results hash goes (the
 # task's revocation flag), another is set (its result), and with ``notify_result`` a waiter
-# is woken. One script rather than a pipeline: the same round trip, less client work.
-# KEYS: results hash, notify list. ARGV: field to delete, field, value, notify list TTL in
-# seconds ('0': no notification).
+# is woken; then other fields may be read (``delete_put_and_peek``: the next task's
+# revocation flags, in the same round trip). One script rather than a pipeline: the same
+# round trip, less client work.
+# KEYS: results hash, notify list. ARGV: field to delete, '1' to set the next two ('0' to
+# only delete), field, value, notify list TTL in seconds ('0': no notification), then the
+# fields to read. Returns their values (false where unset).
 HASH_REPLACE = """\
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-if ARGV[4] ~= '0' then
-    redis.call('LPUSH', KEYS[2], '1')
-    redis.call('EXPIRE', KEYS[2], ARGV[4])
+if ARGV[2] == '1' then
+    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+    if ARGV[5] ~= '0' then
+        redis.call('LPUSH', KEYS[2], '1')
+        redis.call('EXPIRE', KEYS[2], ARGV[5])
+    end
 end
+if #ARGV < 6 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 6))
 """
 
 # HASH_REPLACE for RedisExpireStorage, whose values are plain keys.
