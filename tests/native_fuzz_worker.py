@@ -149,6 +149,7 @@ VALID = {
     'priority': 1,
     'timeout': 0.01,
     'limit': 5,
+    'n': 2,
     'ts': TS,
     'timestamp': TS,
     'key': 'k',

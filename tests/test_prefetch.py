@@ -492,3 +492,20 @@ def test_a_revocation_made_by_the_task_before_applies_to_a_task_taken_ahead(
     assert ran == [0, 1, 3, 5]
     assert huey.is_revoked(results[2])  # a plain revocation stays
     assert not huey.is_revoked(results[4])  # a one-time revocation was used up
+
+
+class GreedyMemoryStorage(MemoryStorage):
+    """Returns more messages than asked for (a storage with that bug)."""
+
+    def dequeue_many(self, n, timeout=None):
+        return super().dequeue_many(n + 2, timeout)
+
+
+def test_messages_a_storage_returns_beyond_n_go_back_on_the_queue():
+    huey = MemoryHuey('greedy', storage_class=GreedyMemoryStorage)
+    record, _ = recording_task(huey)
+    for i in range(5):
+        record(i)
+    assert huey.dequeue().args == (0,)
+    assert sorted(t.args[0] for t in huey.pending()) == [1, 2, 3, 4]
+    assert [t.args[0] for t in huey.dequeue_many(2)] == [3, 4]  # behind the rest now

@@ -69,10 +69,13 @@ def statements(p):
             'with ordinality as item(data, priority, n) order by item.n returning 1) '
             "select pg_notify(%s, '') from (select 1 from added limit 1) as any_added"
         ),
-        # The next n messages; RETURNING's order is unspecified, hence priority and id.
+        # The next n messages; RETURNING's order is unspecified, hence priority and id. The
+        # ids come from an array built once (an InitPlan): an ``id in (select ... limit n
+        # for update skip locked)`` join can run its subquery again under concurrent
+        # deletes and take more than n.
         'dequeue': (
-            f'delete from {t} where id in (select id from {t} where queue = %s '
-            'order by priority desc, id limit %s for update skip locked) '
+            f'delete from {t} where id = any(array(select id from {t} where queue = %s '
+            'order by priority desc, id limit %s for update skip locked)) '
             'returning priority, id, data'
         ),
         # Reliable: queue -> in flight in one statement, with the deliveries charged
