@@ -122,6 +122,12 @@ bench-quick: redis-server postgres dev
 bench-metrics: redis-server dev
 	$(PY) benches/metrics_overhead.py
 
+# huey-rs next to huey 3.5.4, rq, dramatiq, celery, taskiq and arq on one private Redis; each
+# peer in its own venv under benches/peers/ (created on first use, pinned versions from PyPI).
+.PHONY: bench-peers
+bench-peers: redis-server dev
+	$(PY) benches/peers/run.py
+
 # 200,000 tasks through 4 consumer processes on Redis and on Sqlite (not part of `make test`).
 soak: redis-server dev
 	$(PY) benches/soak.py --storage redis --tasks 200000
