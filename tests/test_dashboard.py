@@ -202,6 +202,7 @@ def test_dashboard_in_chromium_against_a_live_consumer(tmp_path, monkeypatch):
         from playwright.sync_api import expect
     except ImportError:
         pytest.fail('playwright is not installed: pip install playwright (make dev installs it)')
+    expect.set_options(timeout=WAIT * 1000)  # a loaded machine: every wait gets WAIT
     browser_path = chromium_path()
     monkeypatch.setenv('DEBUG', 'pw:browser')  # the browser's own log, shown if this fails
     (tmp_path / 'dash_app.py').write_text(APP.format(db=str(tmp_path / 'q.db')))
@@ -240,6 +241,9 @@ def test_dashboard_in_chromium_against_a_live_consumer(tmp_path, monkeypatch):
             expect(page.locator('#dead-letters-count')).to_have_text('1')
             row.get_by_role('button', name='Requeue').click()
             expect(page.locator('#notice')).to_contain_text('Requeued 1 dead letter')
+            refreshed = page.locator('#refreshed').text_content()
+            expect(page.locator('#refreshed')).not_to_have_text(refreshed)  # a refresh...
+            expect(page.locator('#notice')).to_contain_text('Requeued 1')  # ...keeps it
             expect(page.locator(f'#letter-{letter}')).to_have_count(0)
             expect(page.locator('#dead-letters-count')).to_have_text('0')
             # The requeued message is the same task: the consumer runs it and stores 42 (read

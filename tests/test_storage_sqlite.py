@@ -212,15 +212,18 @@ def test_dequeue_wait_wakes_promptly_when_another_process_enqueues(inotify, db_p
 def test_dequeue_wait_times_out_without_busy_looping(storage):
     storage.dequeue_wait(0.01)  # Opens the connection and the WAL watcher.
     assert storage._local.watcher is not None
-    # The wait runs in this thread (the watcher has none of its own): its CPU time is what a
-    # busy loop would burn, and other threads of the test process don't count.
-    cpu_before = time.thread_time()
+    # Counted, not timed (this thread's CPU time swings tenfold on a busy host): every look
+    # at the database reads data_version first. Sleeping on inotify, a 0.5 s wait looks a
+    # handful of times (at the start, then every watch_recheck_interval); polling every
+    # 0.5-2 ms, as without inotify, would look hundreds of times.
+    looks = []
+    data_version = storage._data_version
+    storage._data_version = lambda conn: looks.append(1) or data_version(conn)
     wall_before = time.perf_counter()
     assert storage.dequeue_wait(0.5) is None
     wall = time.perf_counter() - wall_before
-    cpu = time.thread_time() - cpu_before
     assert 0.5 <= wall < 1.5
-    assert cpu < 0.02 * wall, f'{cpu:.3f}s CPU while idle for {wall:.3f}s'
+    assert 1 <= len(looks) <= 25, f'{len(looks)} looks at the database while idle for {wall:.3f}s'
 
 
 def test_dequeue_wait_survives_close_from_another_thread(storage, db_path):

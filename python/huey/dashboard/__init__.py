@@ -87,13 +87,15 @@ class Dashboard:
             offered.append(cookie[COOKIE].value)
         return any(hmac.compare_digest(value.encode(), self.token.encode()) for value in offered)
 
-    def render_panel(self, notice=None):
+    def render_panel(self):
         with self.lock:
-            return panel.render(self.huey, self.csrf, notice=notice)
+            return panel.render(self.huey, self.csrf)
 
     def render_page(self, notice=None):
+        """The whole page; ``notice`` (an action's outcome) sits above the panel, so the
+        panel's refreshes leave it on screen."""
         try:
-            body = self.render_panel(notice)
+            body = self.render_panel()
         except Exception as exc:
             body = (
                 '<section class="bad" id="storage-error">The storage could not be read: '
@@ -105,6 +107,9 @@ class Dashboard:
             refreshed=time.strftime('%H:%M:%S'),
             refresh=self.refresh,
             root='',
+            notice=f'<section class="notice" id="notice">{escape(notice)}</section>'
+            if notice
+            else '',
             panel=body,
         )
 

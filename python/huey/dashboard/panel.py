@@ -91,7 +91,7 @@ def _form(root, action, csrf, label, fields=(), confirm=None, danger=False):
     )
 
 
-def render(huey, csrf, root='', notice=None):
+def render(huey, csrf, root=''):
     now = time.time()
     storage = huey.storage
     consumer_rows = status.consumers(huey, now)
@@ -101,8 +101,6 @@ def render(huey, csrf, root='', notice=None):
         minutes[-1]['pending'] = gauges['pending']
         minutes[-1]['scheduled'] = gauges['scheduled']
     out = []
-    if notice:
-        out.append(f'<section class="notice" id="notice">{escape(notice)}</section>')
 
     counts = [
         ('pending', 'pending', gauges['pending'], False),
