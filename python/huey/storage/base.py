@@ -499,6 +499,15 @@ def check_limit(limit):
     return min(limit, sys.maxsize)  # more than any storage holds: every letter
 
 
+def in_dequeue_order(rows):
+    """The messages of ``(priority, id, data)`` rows (a ``DELETE ... RETURNING``, whose order
+    is unspecified) in dequeue order: higher priority first, then FIFO; None if no rows."""
+    if not rows:
+        return None
+    rows.sort(key=lambda row: (-row[0], row[1]))
+    return [data for _, _, data in rows]
+
+
 def check_batch(n):
     """``dequeue_many``'s ``n``: a positive int."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -37,7 +37,7 @@ import threading
 
 from huey.constants import EmptyData
 from huey.exceptions import ConfigurationError
-from huey.storage.base import check_batch
+from huey.storage.base import check_batch, in_dequeue_order
 from huey.storage.postgres_connection import (
     MISSING_PSYCOPG,
     PostgresConnections,
@@ -285,11 +285,7 @@ class PostgresStorage(PostgresConnections, PostgresReliableDelivery, BaseSqlStor
 
     def _pop(self, n):
         """The next ``n`` messages in dequeue order, deleted by one statement; None if none."""
-        rows = self._run('dequeue', (self.name, n), binary=True).fetchall()
-        if not rows:
-            return None
-        rows.sort(key=lambda row: (-row[0], row[1]))
-        return [data for _, _, data in rows]
+        return in_dequeue_order(self._run('dequeue', (self.name, n), binary=True).fetchall())
 
     def dequeue(self):
         """The next message, or None; with ``blocking`` waits up to ``read_timeout`` for

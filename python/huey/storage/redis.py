@@ -414,15 +414,20 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
         """One script: the result written, then the fields of ``peek_keys`` read."""
         peek_keys = list(peek_keys)
         ttl = self._notify_ttl(True)
-        values = self._hash_replace(delete_key, key, value, ttl, peek_keys)
-        return {k: v for k, v in zip(peek_keys, values) if v is not None}
+        return _found(peek_keys, self._hash_replace(delete_key, key, value, ttl, peek_keys))
 
     def _hash_replace(self, delete_key, key, value, notify_ttl, peek_keys):
         put = key is not None
         return self._scripts.hash_replace(
             keys=[self.result_key, self.notify_prefix + (_text(key) if put else '')],
-            args=[delete_key, '1' if put else '0', key if put else '', value if put else b'']
-            + [notify_ttl, *peek_keys],
+            args=[
+                delete_key,
+                '1' if put else '0',
+                key if put else '',
+                value if put else b'',
+                notify_ttl,
+                *peek_keys,
+            ],
             client=self.conn,
         )
 
@@ -434,8 +439,7 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
         keys = list(keys)
         if not keys:
             return {}
-        values = self.conn.hmget(self.result_key, keys)
-        return {k: v for k, v in zip(keys, values) if v is not None}
+        return _found(keys, self.conn.hmget(self.result_key, keys))
 
     def pop_data(self, key):
         value = self._scripts.hash_pop(keys=[self.result_key], args=[key], client=self.conn)
@@ -563,3 +567,8 @@ class RedisStorage(RedisReliableDelivery, BaseStorage):
 
     def delete_heartbeat(self, consumer):
         self.conn.hdel(f'huey.heartbeats.{self.key_name}', consumer)
+
+
+def _found(keys, values):
+    """``peek_many``'s dict: the keys whose value (in ``values``, in order) is set."""
+    return {k: v for k, v in zip(keys, values) if v is not None}

@@ -38,7 +38,7 @@ import time
 
 from huey.constants import EmptyData
 
-from huey.storage.base import BaseStorage, check_batch
+from huey.storage.base import BaseStorage, check_batch, in_dequeue_order
 from huey.storage.sqlite_reliable import CHUNK
 from huey.storage.sqlite_reliable import SqliteReliableDelivery
 from huey.storage.sqlite_scheduler import SqliteScheduler
@@ -293,15 +293,12 @@ class SqliteStorage(SqliteWaiting, SqliteScheduler, SqliteReliableDelivery, Base
     def _rows(self, sql, params, what='reading'):
         return self._run(self.conn, sql, params, what).fetchall()
 
-    def _delete_returning(self, table, where, params, columns, what, conn=None):
+    def _delete_returning(self, table, where, params, columns, what):
         """Atomically delete the rows matching ``where`` and return ``columns`` of them."""
         if self.has_returning:
             # One autocommit statement; fetchall() drives it to completion, which commits.
             return self._run(
-                conn or self.conn,
-                f'delete from {table} where {where} returning {columns}',
-                params,
-                what,
+                self.conn, f'delete from {table} where {where} returning {columns}', params, what
             ).fetchall()
         with self._transaction(what) as conn:
             return self._delete_in(conn, table, where, params, columns)
@@ -373,22 +370,20 @@ class SqliteStorage(SqliteWaiting, SqliteScheduler, SqliteReliableDelivery, Base
         check_batch(n)
 
         def take():
-            return self._dequeue_using(lambda conn: self._pop_tasks(conn, n))
+            return self._dequeue_using(lambda conn: self._pop_tasks(n))
 
         batch = take() if timeout is None else self._wait_using(take, timeout)
         return batch or []
 
-    def _pop_tasks(self, conn, n):
+    def _pop_tasks(self, n):
         """Delete the next ``n`` messages and return them in dequeue order (None if none):
         one autocommit statement."""
         where = 'id in (select id from task where queue = ? order by priority desc, id limit ?)'
-        rows = self._delete_returning(
-            'task', where, (self.name, n), 'priority, id, data', 'dequeueing tasks', conn
+        return in_dequeue_order(
+            self._delete_returning(
+                'task', where, (self.name, n), 'priority, id, data', 'dequeueing tasks'
+            )
         )
-        if not rows:
-            return None
-        rows.sort(key=lambda row: (-row[0], row[1]))  # RETURNING's order is unspecified
-        return [data for _, _, data in rows]
 
     def queue_size(self):
         return self._rows('select count(id) from task where queue = ?', (self.name,))[0][0]
