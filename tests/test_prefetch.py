@@ -59,7 +59,7 @@ def make_huey(redis_db, name='prefetch'):
     return RedisHuey(name, url=redis_db.url, storage_class=CountingRedisStorage)
 
 
-@pytest.fixture(params=['redis', 'sqlite', 'file', 'memory', 'postgres'])
+@pytest.fixture(params=['redis', 'sqlite', 'file', 'postgres'])
 def batching_huey(request, tmp_path):
     """A Huey on each storage that takes batches, its storage counting dequeue_many calls."""
     kind = request.param
@@ -72,9 +72,7 @@ def batching_huey(request, tmp_path):
         return SqliteHuey(
             'prefetch', filename=str(tmp_path / 'q.db'), storage_class=CountingSqliteStorage
         )
-    if kind == 'file':
-        return FileHuey('prefetch', path=str(tmp_path), storage_class=counting(FileStorage))
-    return MemoryHuey('prefetch', storage_class=counting(MemoryStorage))
+    return FileHuey('prefetch', path=str(tmp_path), storage_class=counting(FileStorage))
 
 
 def counting(storage_class):
@@ -125,6 +123,18 @@ def test_a_fetch_takes_several_messages_and_every_task_runs_once(batching_huey, 
     assert all(1 <= n <= 4 and taken <= n for n, taken in calls)
     assert max(taken for _, taken in calls) > 1  # batches were taken
     assert len(calls) < 300  # fewer storage calls than tasks
+
+
+def test_memory_storage_is_not_prefetched_from(run_consumer):
+    # In-process: a batch saves no round trip there, and the buffer only costs time.
+    huey = MemoryHuey('prefetch', storage_class=counting(MemoryStorage))
+    record, ran = recording_task(huey)
+    results = [record(i) for i in range(50)]
+    consumer = run_consumer(huey, workers=2, prefetch=4)
+    assert consumer.prefetch.per_fetch == 1
+    assert [r.get(blocking=True, timeout=WAIT) for r in results] == list(range(50))
+    assert huey.storage.calls and {n for n, _ in huey.storage.calls} == {1}  # one at a time
+    assert len(consumer.prefetch) == 0
 
 
 def test_prefetch_one_takes_one_message_per_storage_call(redis_db, run_consumer):
@@ -390,18 +400,18 @@ def test_dequeue_many_refuses_a_batch_size_that_is_not_a_positive_int(n, tmp_pat
             storage.dequeue_many(n)
 
 
-def queued_memory_huey(name, n):
-    """A MemoryHuey with ``n`` tasks queued, ``record(0)`` to ``record(n - 1)``."""
-    huey = MemoryHuey(name)
+def queued_huey(tmp_path, name, n):
+    """A SqliteHuey with ``n`` tasks queued, ``record(0)`` to ``record(n - 1)``."""
+    huey = SqliteHuey(name, filename=str(tmp_path / f'{name}.db'))
     record, _ = recording_task(huey)
     for i in range(n):
         record(i)
     return huey
 
 
-def test_extras_are_fetched_only_while_tasks_are_short(monkeypatch):
+def test_extras_are_fetched_only_while_tasks_are_short(monkeypatch, tmp_path):
     monkeypatch.setattr(Prefetch, 'assumed_task_seconds', None)  # the default
-    prefetch = Prefetch(queued_memory_huey('short', 20), 4)
+    prefetch = Prefetch(queued_huey(tmp_path, 'short', 20), 4)
     assert prefetch.next().args == (0,)
     assert len(prefetch) == 0  # before any task ran: one message per fetch
     prefetch.ran(0.001)
@@ -414,8 +424,8 @@ def test_extras_are_fetched_only_while_tasks_are_short(monkeypatch):
     assert len(prefetch) == 0
 
 
-def test_a_message_left_waiting_in_the_buffer_goes_back_on_the_queue():
-    huey = queued_memory_huey('stale', 4)
+def test_a_message_left_waiting_in_the_buffer_goes_back_on_the_queue(tmp_path):
+    huey = queued_huey(tmp_path, 'stale', 4)
     prefetch = Prefetch(huey, 4)
     assert prefetch.next().args == (0,)
     assert len(prefetch) == 3 and huey.pending_count() == 0

@@ -1,8 +1,9 @@
-"""The consumer's prefetch: on a storage that takes batches (``batch_dequeue``: every
-storage huey-rs ships except the contrib ones), a worker that finds nothing fetched takes
-several messages with one storage call (``BaseStorage.dequeue_many``), runs the first and
-leaves the rest in a small buffer that the other workers of its consumer process take from,
-so a busy queue costs a fraction of a round trip per task instead of one. Workers never
+"""The consumer's prefetch: on a storage that takes batches (``batch_dequeue``: Redis,
+Sqlite, Postgres and File; not Memory, where a call costs no round trip), a worker that
+finds nothing fetched takes several messages with one storage call
+(``BaseStorage.dequeue_many``), runs the first and leaves the rest in a small buffer that
+the other workers of its consumer process take from, so a busy queue costs a fraction of a
+round trip per task instead of one. Workers never
 wait for each other: while one worker fills the buffer, another that finds it empty fetches
 one message for itself.
 

@@ -25,7 +25,10 @@ class MemoryStorage(BaseStorage):
     blocking = False  # dequeue() returns at once...
     wakeup = True  # ...but dequeue_wait() sleeps until an enqueue wakes it
     priority = True
-    batch_dequeue = True  # dequeue_many: one native call under one lock
+    # dequeue_many is one native call under one lock, but the consumer does not prefetch
+    # here: a call into this process's own store costs no round trip for a buffer to save,
+    # and the buffer's Python bookkeeping made Memory drains ~15% slower (make bench).
+    batch_dequeue = False
 
     # Called once or more per task: unless a subclass overrides one of these, the instance
     # gets the native store's bound method itself, so no Python frame sits in between.
