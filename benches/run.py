@@ -193,19 +193,22 @@ def select(all_workloads, only):
 def ref_python():
     """The huey 3.5.4 interpreter, creating its venv from PyPI when missing or stale.
 
-    redis-py and psycopg are pinned to the versions huey-rs runs with, so Redis and Postgres
-    rows compare huey, not two database clients.
+    redis-py (with hiredis, its C parser, which huey-rs's ``redis`` extra brings) and psycopg
+    are pinned to the versions huey-rs runs with, so Redis and Postgres rows compare huey,
+    not two database clients.
     """
     python = REF_VENV / 'bin' / 'python'
     pins = {}
-    for package in ('redis', 'psycopg', 'psycopg-binary'):
+    for package in ('redis', 'hiredis', 'psycopg', 'psycopg-binary'):
         try:
             pins[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             sys.exit(f'{package} is missing from this venv (make dev installs it)')
     probe = (
-        "import huey, redis, psycopg; assert huey.__version__ == '3.5.4', huey.__version__; "
+        'import huey, redis, hiredis, psycopg; '
+        "assert huey.__version__ == '3.5.4', huey.__version__; "
         f"assert redis.__version__ == '{pins['redis']}', redis.__version__; "
+        f"assert hiredis.__version__ == '{pins['hiredis']}', hiredis.__version__; "
         f"assert psycopg.__version__ == '{pins['psycopg']}', psycopg.__version__"
     )
     if (

@@ -34,17 +34,19 @@ BENCHES = PEERS.parent
 RESULTS = BENCHES / 'results'
 
 REDIS_PY = '8.1.0'  # the redis-py of the project's .venv; every system that allows it uses it
+# and hiredis, redis-py's C parser, which huey-rs's redis extra installs: every system gets it
+HIREDIS = '3.5.0'
 # Exact versions per system (requirement name -> version), installed with pip from PyPI.
 PINS = {
-    'huey 3.5.4': {'huey': '3.5.4', 'redis': REDIS_PY},
-    'rq': {'rq': '3.0.0', 'redis': REDIS_PY},
-    'dramatiq': {'dramatiq[redis]': '2.2.1', 'redis': REDIS_PY},
-    'celery': {'celery[redis]': '5.7.0', 'kombu': '5.7.0', 'redis': REDIS_PY},
-    'taskiq': {'taskiq': '0.13.0', 'taskiq-redis': '1.2.4', 'redis': REDIS_PY},
+    'huey 3.5.4': {'huey': '3.5.4', 'redis': REDIS_PY, 'hiredis': HIREDIS},
+    'rq': {'rq': '3.0.0', 'redis': REDIS_PY, 'hiredis': HIREDIS},
+    'dramatiq': {'dramatiq[redis]': '2.2.1', 'redis': REDIS_PY, 'hiredis': HIREDIS},
+    'celery': {'celery[redis]': '5.7.0', 'kombu': '5.7.0', 'redis': REDIS_PY, 'hiredis': HIREDIS},
+    'taskiq': {'taskiq': '0.13.0', 'taskiq-redis': '1.2.4', 'redis': REDIS_PY, 'hiredis': HIREDIS},
     # arq 0.28.0 requires redis[hiredis]>=4.2,<6: the newest 5.x.
-    'arq': {'arq': '0.28.0', 'redis[hiredis]': '5.3.1', 'hiredis': '3.5.0'},
+    'arq': {'arq': '0.28.0', 'redis[hiredis]': '5.3.1', 'hiredis': HIREDIS},
 }
-PIN_REASONS = {'arq': 'arq 0.28.0 requires redis[hiredis]>=4.2,<6, so hiredis parses replies'}
+PIN_REASONS = {'arq': 'arq 0.28.0 requires redis[hiredis]>=4.2,<6'}
 RS = 'huey-rs'
 SYSTEMS = [RS, *PINS]
 ADAPTERS = {RS: 'huey', 'huey 3.5.4': 'huey'}  # others: the system's name
