@@ -282,6 +282,7 @@ APP = """\
 import huey as huey_package
 
 huey = huey_package.MemoryHuey('packaging-test')
+batching = huey_package.SqliteHuey('packaging-test', filename='default.db')
 reliable = huey_package.SqliteHuey('packaging-test', filename='reliable.db', reliable=True)
 
 
@@ -291,6 +292,7 @@ def add(a, b):
 
 
 @huey.on_startup()
+@batching.on_startup()
 @reliable.on_startup()
 def announce():
     print('worker-up', flush=True)  # the consumer has installed its signal handlers by now
@@ -337,8 +339,9 @@ def app_dir(tmp_path):
 
 @pytest.mark.parametrize(
     'path, reliable, prefetch',
-    [('app.huey', 'off', 3), ('app.reliable', 'on', 1)],  # reliable mode: one at a time
-    ids=['default', 'reliable'],
+    # What one fetch takes: Memory storage and reliable mode on Sqlite take one at a time.
+    [('app.batching', 'off', 3), ('app.huey', 'off', 1), ('app.reliable', 'on', 1)],
+    ids=['default', 'memory', 'reliable'],
 )
 def test_consumer_first_log_line_names_huey_rs_and_reliable_mode(
     app_dir, path, reliable, prefetch
