@@ -417,6 +417,23 @@ def redis_deployment_factory():
 
 
 @pytest.fixture
+def redis_commands(monkeypatch):
+    """The list of every command (its argument tuple) any redis-py client sends from now
+    on: the consumer's worker threads each have a client of their own."""
+    import redis
+
+    sent = []
+    execute = redis.Redis.execute_command
+
+    def record(client, *args, **kwargs):
+        sent.append(args)
+        return execute(client, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, 'execute_command', record)
+    return sent
+
+
+@pytest.fixture
 def run_consumer():
     """``run_consumer(huey, **options)`` starts a real in-process consumer (2 thread workers
     polling every millisecond unless ``options`` say otherwise); each is stopped gracefully,

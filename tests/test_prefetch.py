@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import redis
 
 from huey import FileHuey, MemoryHuey, PostgresHuey, RedisHuey, SqliteHuey
 from huey import signals as S
@@ -20,7 +19,8 @@ WAIT = 10  # seconds a test waits for something that should take milliseconds
 
 
 class CountingDequeues:
-    """Mixin for a real storage: records each ``dequeue_many`` call's ``n`` and batch size."""
+    """Mixin for a real storage: records each ``dequeue_many`` (or, reliable,
+    ``dequeue_reliable_many``) call's ``n`` and batch size."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,6 +29,11 @@ class CountingDequeues:
     def dequeue_many(self, n, timeout=None):
         batch = super().dequeue_many(n, timeout)
         self.calls.append((n, len(batch)))
+        return batch
+
+    def dequeue_reliable_many(self, consumer, tokens, lease, timeout=None):
+        batch = super().dequeue_reliable_many(consumer, tokens, lease, timeout)
+        self.calls.append((len(tokens), len(batch)))
         return batch
 
 
@@ -101,6 +106,17 @@ def holding_task(huey):
         gate.wait(WAIT)
 
     return hold, gate, started
+
+
+def stop_then_open(consumer, gate):
+    """Stop ``consumer`` gracefully while its worker is held at ``gate``: the stop flag is
+    set first, then the gate opens, and the stop returns."""
+    stopper = threading.Thread(target=consumer.stop, kwargs={'graceful': True})
+    stopper.start()
+    wait_until(consumer.stop_flag.is_set, 'the stop flag')
+    gate.set()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
 
 
 def wait_until(condition, what):
@@ -293,12 +309,7 @@ def test_stopping_the_consumer_puts_the_buffer_back_on_the_queue(redis_db):
         assert started.wait(WAIT)
         wait_until(lambda: len(consumer.prefetch) == 3, 'three tasks to wait in the buffer')
         assert huey.pending_count() == 0
-        stopper = threading.Thread(target=consumer.stop, kwargs={'graceful': True})
-        stopper.start()
-        wait_until(consumer.stop_flag.is_set, 'the stop flag')
-        gate.set()
-        stopper.join(WAIT)
-        assert not stopper.is_alive()
+        stop_then_open(consumer, gate)
     finally:
         gate.set()
         consumer.stop(graceful=True)
@@ -307,20 +318,64 @@ def test_stopping_the_consumer_puts_the_buffer_back_on_the_queue(redis_db):
     assert sorted(t.args[0] for t in huey.pending()) == [0, 1, 2]
 
 
-def test_reliable_mode_fetches_one_message_at_a_time(redis_db, run_consumer):
-    huey = RedisHuey('prefetch-reliable', url=redis_db.url, reliable=True)
+def reliable_huey(redis_db, name='prefetch-reliable'):
+    return RedisHuey(
+        name, url=redis_db.url, reliable=True, lease=60, storage_class=CountingRedisStorage
+    )
 
-    @huey.task()
-    def triple(i):
-        return i * 3
 
-    results = [triple(i) for i in range(20)]
-    assert [t.args[0] for t in huey.dequeue_many(5)] == [0]  # leased: one per call
-    consumer = run_consumer(huey, workers=2, prefetch=4)
-    assert [r.get(blocking=True, timeout=WAIT) for r in results[1:]] == [
-        i * 3 for i in range(1, 20)
-    ]
+def test_reliable_mode_takes_leased_batches_and_releases_them_to_the_queue_front(redis_db):
+    huey = reliable_huey(redis_db)
+    record, _ = recording_task(huey)
+    for i in range(8):
+        record(i)
+    batch = huey.dequeue_many(5)
+    assert [t.args[0] for t in batch] == [0, 1, 2, 3, 4]
+    tokens = {t.delivery.token for t in batch}
+    inflight = huey.storage.inflight_items()
+    assert {token for token, *_ in inflight} == tokens and len(tokens) == 5
+    assert {charged for _, _, charged, _, _ in inflight} == {0}  # none started: uncharged
+    assert huey._reliable.leases().tokens >= tokens  # renewed while they wait
+    assert huey._reliable.release(batch[2:]) == 3
+    assert huey.storage.inflight_items() and len(huey.storage.inflight_items()) == 2
+    assert [t.args[0] for t in huey.pending()] == [2, 3, 4, 5, 6, 7]  # in order, in front
+    again = huey.dequeue_many(3)
+    assert [(t.args[0], t.delivery.count) for t in again] == [(2, 1), (3, 1), (4, 1)]
+
+
+def test_reliable_mode_runs_every_task_once_with_fewer_commands(
+    redis_db, run_consumer, redis_commands
+):
+    huey = reliable_huey(redis_db)
+    record, ran = recording_task(huey)
+    results = [record(i) for i in range(60)]
+    consumer = run_consumer(huey, workers=1, prefetch=4)
+    got = [r.get(blocking=True, timeout=WAIT, preserve=True) for r in results]  # no scripts
+    assert got == list(range(60)) and sorted(ran) == list(range(60))
+    assert max(taken for _, taken in huey.storage.calls) == 4  # leased batches
+    # One at a time, a task costs four scripts (take, start, fenced result, ack): 240 here.
+    # A batch of four costs ten: its take, the first start, four results, three acks each
+    # starting the next task, and the last ack; 150, plus the idle worker's polls at the end.
+    scripts = [args[0] for args in redis_commands].count('EVALSHA')
+    assert scripts < 3 * 60, scripts
+    wait_until(lambda: not huey.storage.inflight_items(), 'the last ack')
     assert len(consumer.prefetch) == 0
+
+
+def test_a_stopping_reliable_consumer_releases_its_buffer_uncharged(redis_db, run_consumer):
+    huey = reliable_huey(redis_db)
+    hold, gate, started = holding_task(huey)
+    record, ran = recording_task(huey)
+    hold()
+    for i in range(3):
+        record(i)
+    consumer = run_consumer(huey, workers=1, prefetch=4)
+    assert started.wait(WAIT)
+    assert len(consumer.prefetch) == 3 and len(huey.storage.inflight_items()) == 4
+    stop_then_open(consumer, gate)
+    assert ran == [] and huey.storage.inflight_items() == []
+    assert [t.args[0] for t in huey.pending()] == [0, 1, 2]
+    assert [t.delivery.count for t in huey.dequeue_many(3)] == [1, 1, 1]  # not charged
 
 
 def test_huey_dequeue_many_sets_undecodable_messages_aside_and_keeps_the_rest(redis_db):
@@ -461,24 +516,17 @@ def test_a_message_held_behind_a_blocked_worker_goes_to_another_consumer(
 
 
 def test_a_result_write_reads_the_next_tasks_revocation_flags_in_the_same_command(
-    redis_db, run_consumer, monkeypatch
+    redis_db, run_consumer, redis_commands
 ):
     huey = make_huey(redis_db)
     record, ran = recording_task(huey)
     results = [record(i) for i in range(40)]
-    sent = []
-    execute = redis.Redis.execute_command
-    monkeypatch.setattr(
-        redis.Redis,  # every client: the worker threads have their own
-        'execute_command',
-        lambda client, *args, **kwargs: sent.append(args[0]) or execute(client, *args, **kwargs),
-    )
     run_consumer(huey, workers=1, prefetch=4)
     assert [r.get(blocking=True, timeout=WAIT) for r in results] == list(range(40))
     assert sorted(ran) == list(range(40))
-    reads = sent.count('HMGET')
+    reads = [args[0] for args in redis_commands].count('HMGET')
     # Each batch's first task reads its flags alone; the others come with a result write.
-    assert 0 < reads <= 40 // 4 + 2, sent
+    assert 0 < reads <= 40 // 4 + 2, reads
 
 
 def test_a_revocation_made_by_the_task_before_applies_to_a_task_taken_ahead(

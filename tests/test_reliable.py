@@ -13,13 +13,22 @@ import uuid
 import pytest
 
 from huey import FileHuey, Huey, PostgresHuey, RedisHuey, SqliteHuey
-from huey.api import PriorityRedisHuey
+from huey.api import PriorityRedisHuey, RedisExpireHuey
+from huey.constants import EmptyData
 from huey.signals import SIGNAL_DEAD_LETTER
 from sqlite_before_335 import SqliteBefore335  # tests/ is on sys.path
 
 
 @pytest.fixture(
-    params=['sqlite', 'sqlite-before-3.35', 'file', 'redis', 'priority_redis', 'postgres']
+    params=[
+        'sqlite',
+        'sqlite-before-3.35',
+        'file',
+        'redis',
+        'priority_redis',
+        'redis_expire',
+        'postgres',
+    ]
 )
 def make_huey(request, tmp_path):
     def make(**kwargs):
@@ -35,7 +44,9 @@ def make_huey(request, tmp_path):
         if request.param == 'file':
             return FileHuey('rel', path=str(tmp_path / 'files'), **kwargs)
         server = request.getfixturevalue('redis_db')
-        cls = RedisHuey if request.param == 'redis' else PriorityRedisHuey
+        cls = {'redis': RedisHuey, 'priority_redis': PriorityRedisHuey}.get(
+            request.param, RedisExpireHuey
+        )
         return cls('rel', blocking=False, **server.connection_params, **kwargs)
 
     return make
@@ -120,6 +131,51 @@ def test_late_finisher_is_fenced(make_huey):
     assert huey.result(stale.id, preserve=True) is None and huey.pending_count() == 0
     assert huey.execute(again) == 'late'
     assert huey.result(stale.id) == 'late' and huey.pending_count() == 1
+
+
+def test_a_start_reads_flags_and_a_result_write_is_fenced_in_the_same_step(make_huey):
+    huey = make_huey(reliable=True, lease=30)
+    storage = huey.storage
+    fn = huey.task()(lambda: 1)
+    fn()
+    task = huey.dequeue()
+    token = task.delivery.token
+    storage.put_data('flag', b'set')
+    started, flags = storage.start_and_peek(token, ['flag', 'unset'])
+    assert started and flags == {'flag': b'set'}
+    [(_, _, charged, _, _)] = storage.inflight_items()
+    assert charged == 1
+    assert storage.renew_delete_and_put(token, 30, 'flag', 'result', b'value')
+    assert storage.peek_data('flag') is EmptyData and storage.peek_data('result') == b'value'
+    [(_, _, _, until, _)] = storage.inflight_items()
+    assert until > time.time() + 29  # renewed
+    assert storage.renew_delete_and_put(token, 30, 'result', None, None)  # a delete only
+    assert storage.peek_data('result') is EmptyData
+    assert storage.renew_delete_and_put(token, 30, 'same', 'same', b'one')  # one key
+    assert storage.peek_data('same') == b'one'
+    storage.put_data('flag', b'set')
+    assert storage.recover_expired(3, now=time.time() + 31) == (1, [])
+    # The delivery was recovered: nothing is written, nothing is charged.
+    assert storage.renew_delete_and_put(token, 30, 'flag', 'result', b'late') is False
+    assert storage.peek_data('flag') == b'set' and storage.peek_data('result') is EmptyData
+    assert storage.start_and_peek(token, ['flag']) == (False, {})
+
+
+def test_a_reliable_redis_task_needs_no_separate_flag_read_or_fence(
+    redis_db, run_consumer, redis_commands
+):
+    # Take, start with the revocation flags, fenced result write, ack: no separate flag
+    # read (HMGET) and no separate fence (ZADD XX, a lease renewal; an idle worker's
+    # blocking wait registers a lease with a plain ZADD).
+    huey = RedisHuey('rel', reliable=True, lease=60, **redis_db.connection_params)
+    add = huey.task()(lambda a, b: a + b)
+    results = [add(i, i) for i in range(20)]
+    sent = redis_commands
+    run_consumer(huey, workers=1, prefetch=1)
+    assert [r.get(blocking=True, timeout=30) for r in results] == [2 * i for i in range(20)]
+    assert sum(args[0] == 'EVALSHA' for args in sent) >= 4 * 20  # the commands were seen
+    renewals = [args for args in sent if args[0] == 'ZADD' and b'XX' in args]
+    assert 'HMGET' not in [args[0] for args in sent] and not renewals
 
 
 def test_a_delivery_recovered_before_it_started_is_not_run_or_charged(make_huey):

@@ -408,10 +408,9 @@ class Huey:
     def dequeue_many(self, n, timeout=None):
         """Up to ``n`` tasks taken with one storage call where the storage can (see
         ``BaseStorage.dequeue_many``), waiting as ``dequeue`` does when the queue is empty;
-        [] when none came. Reliable mode takes one at a time (each message is leased)."""
+        [] when none came. In reliable mode each task holds a lease (``huey.reliable``)."""
         if self.reliable:
-            task = self._reliable.dequeue(timeout)
-            return [] if task is None else [task]
+            return self._reliable.dequeue_many(n, timeout)
         storage = self.storage
         while True:
             batch = storage.dequeue_many(n, timeout)

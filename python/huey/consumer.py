@@ -326,7 +326,6 @@ class Consumer:
         self.max_tasks = max_tasks
         self.shutdown_timeout = shutdown_timeout
         self.graceful_signal = graceful_signal
-        self.prefetch = Prefetch(huey, prefetch)
 
         self.scheduler_interval = max(min(scheduler_interval, 60), 1)
         if 60 % self.scheduler_interval != 0:
@@ -356,6 +355,7 @@ class Consumer:
         self.environment = self.get_environment(worker_type)
         self.huey._timeout_handler = self.environment.timeout
         self.stop_flag = self.environment.get_stop_flag()
+        self.prefetch = Prefetch(huey, prefetch, self.stop_flag)
         # Outcome tally and heartbeats for operators; ``metrics``: 'host:port' to serve
         # OpenMetrics on (huey.metrics).
         self.metrics = metrics

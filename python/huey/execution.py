@@ -95,12 +95,14 @@ def _execute(huey, task):
             huey._reliable.abandon(task)  # not acked: delivered again after its lease
         return None
     crashpoint('mid_task')
-    if reliable and huey._reliable.lost(task):
-        return value  # the fence: a recovered delivery records nothing
+    periodic = isinstance(task, PeriodicTask)
+    # The fence: a recovered delivery records nothing. A success's first write checks it
+    # in the same step (_finish); anything else checks it first.
+    if reliable and not _fenced_by_write(huey, exception, periodic) and huey._reliable.lost(task):
+        return value
     # A revocation made while this run was in progress applies to this run only, so the
     # flag is deleted now (together with storing the result where that saves a round
     # trip). Expiring storages implement pop_data as a peek, hence a delete.
-    periodic = isinstance(task, PeriodicTask)
     store = huey.results and not periodic
     if exception is None:
         record_success(huey, task, value, store, periodic)
@@ -173,17 +175,25 @@ def run_task(huey, task):
     return value, None, None
 
 
+def _fenced_by_write(huey, exception, periodic):
+    """Whether a reliable run's fence is checked by its result write (``_finish``): for a
+    success whose first write is ``_finish``'s."""
+    return exception is None and not periodic and huey._direct_results
+
+
 def record_success(huey, task, value, store, periodic):
     """Store the result (clearing a revocation made while the task ran), run post-execute
     hooks, send SIGNAL_COMPLETE, then enqueue the continuation and report to the chord."""
     if store and (value is not None or huey.store_none):
         if huey._direct_results:
-            _finish(huey, task, task.id, huey.serializer.serialize(value))
+            if not _finish(huey, task, task.id, huey.serializer.serialize(value)):
+                return
         else:  # a subclass customises how results are stored
             huey.delete(task.revoke_id)
             huey.put_result(task.id, value)
     elif not periodic:
-        _finish(huey, task, None, None)
+        if not _finish(huey, task, None, None):
+            return
     run_post_execute(huey, task, value, None)
     huey._emit(S.SIGNAL_COMPLETE, task)
     if task.on_complete:
@@ -194,12 +204,16 @@ def record_success(huey, task, value, store, periodic):
 
 
 def _finish(huey, task, key, data):
-    """Clear the task's revocation flag and store ``data`` under ``key`` (None: no result).
-    When the worker can take its next task now (``huey.prefetch``), that task's revocation
-    flags are read in the same round trip (``storage.delete_put_and_peek``), where they
-    would have been read anyway: after this write, before the next start. Hooks and signal
-    receivers still run in between; one that revokes or restores anything (in this process)
-    makes the next start read its flags again (``Revocations.changes``)."""
+    """Clear the task's revocation flag and store ``data`` under ``key`` (None: no result);
+    False when nothing was written because a reliable run lost its delivery (the fence,
+    checked in the same step: ``ReliableDelivery.finish``). When the worker can take its
+    next task now (``huey.prefetch``), that task's revocation flags are read in the same
+    round trip (``storage.delete_put_and_peek``), where they would have been read anyway:
+    after this write, before the next start. Hooks and signal receivers still run in
+    between; one that revokes or restores anything (in this process) makes the next start
+    read its flags again (``Revocations.changes``)."""
+    if task.delivery is not None and huey._reliable is not None and huey._direct_results:
+        return huey._reliable.finish(task, key, data)
     prefetch = task._prefetch
     ahead = None
     if prefetch is not None and huey._direct_results and not huey._custom_revocation:
@@ -213,6 +227,7 @@ def _finish(huey, task, key, data):
         huey.delete(task.revoke_id)
     else:
         huey.storage.delete_and_put(task.revoke_id, key, data, is_result=True)
+    return True
 
 
 def record_failure(huey, task, value, exception, retry_eta, store, periodic):

@@ -34,8 +34,11 @@ start.) What saves that round trip instead: a worker finishing a task takes its 
 from the buffer (``take_ahead``) and reads that task's flags with the same storage call
 that stores the result (``huey.execution._finish``), the moment they would be read anyway;
 a revoke or restore in this process in between makes the start read them again. In
-reliable mode every message is leased when it is taken, so the
-consumer fetches one at a time (``Huey.dequeue_many``).
+reliable mode (on a storage with ``batch_reliable``: the Redis ones) a fetch leases every
+message it takes and the leases are renewed while they wait, so a crash loses none of them
+(they are recovered when the leases expire, uncharged: they never started); put back, they
+are released from flight to the front of the queue. A worker finishing a task starts its
+next one from the buffer with the same storage call as its ack (``ack_and_start``).
 """
 
 import collections
@@ -53,9 +56,10 @@ class Prefetch:
     assumed_task_seconds = None  # the average before a task has run (None: not short)
     stale_after = 1.0  # seconds a buffered message may wait before it is put back
 
-    def __init__(self, huey, size):
+    def __init__(self, huey, size, stop_flag=None):
         self.huey = huey
         self.size = size
+        self._stop_flag = stop_flag  # the consumer's: set, no task is taken ahead
         self._buffer = collections.deque()  # (task, time.monotonic() when fetched)
         self._filling = threading.Lock()  # held by the one worker filling the buffer
         self._lock = threading.Lock()  # taken to put messages back, off the task path
@@ -72,11 +76,11 @@ class Prefetch:
 
     @property
     def per_fetch(self):
-        """The most messages one fetch takes here: ``size`` on a storage that takes batches,
-        else 1 (and 1 in reliable mode, see ``Huey.dequeue_many``)."""
-        if self.huey.reliable or not self.huey.storage.batch_dequeue:
-            return 1
-        return self.size
+        """The most messages one fetch takes here: ``size`` on a storage that takes batches
+        (in reliable mode: batches of leased messages, ``batch_reliable``), else 1."""
+        storage = self.huey.storage
+        batches = storage.batch_reliable if self.huey.reliable else storage.batch_dequeue
+        return self.size if batches else 1
 
     def next(self, timeout=None):
         """The next task: a buffered one, else the first of a fetch of up to ``per_fetch``
@@ -89,16 +93,20 @@ class Prefetch:
             task._prefetch = self  # its result write may take the next task (take_ahead)
         return task
 
-    def take_ahead(self):
+    def take_ahead(self, eligible=None):
         """Take the next buffered task for the calling worker, to run right after the task
         it is finishing (``huey.execution`` reads its revocation flags with that task's
-        result write); None when none is buffered."""
+        result write, ``huey.reliable`` starts it with that task's ack); None when none is
+        buffered or the consumer is stopping, or when ``eligible(task)`` is false (the worker
+        still runs it next)."""
+        if self._stop_flag is not None and self._stop_flag.is_set():
+            return None
         try:
             task, _ = self._buffer.popleft()
         except IndexError:
             return None
         self._ahead.task = task
-        return task
+        return task if eligible is None or eligible(task) else None
 
     def give_back_ahead(self):
         """A worker that stops with a task taken ahead returns it to the buffer's front
@@ -106,7 +114,8 @@ class Prefetch:
         task = getattr(self._ahead, 'task', None)
         if task is not None:
             self._ahead.task = None
-            task.__dict__.pop('_revocation_flags', None)
+            task.__dict__.pop('_revocation_flags', None)  # read again when it starts
+            # A reliable task started with the ack before stays started (charged once).
             self._buffer.appendleft((task, time.monotonic()))
 
     def _next_task(self, timeout):
@@ -150,19 +159,36 @@ class Prefetch:
         return self._put_back(lambda fetched: fetched <= oldest)
 
     def _put_back(self, due):
-        """Re-enqueue buffered messages, oldest first, while ``due(fetched)`` holds."""
-        count = 0
-        while True:
-            with self._lock:
+        """Put buffered messages back on the queue, oldest first, while ``due(fetched)``
+        holds: re-enqueued, or in reliable mode released from flight (``huey.reliable``)."""
+        taken = []
+        with self._lock:
+            while True:
                 try:
                     task, fetched = self._buffer.popleft()
                 except IndexError:
-                    return count
+                    break
                 if not due(fetched):
                     self._buffer.appendleft((task, fetched))
-                    return count
+                    break
+                taken.append(task)
+        leased = [task for task in taken if task.delivery is not None]
+        count = 0
+        if leased:
+            try:
+                count += self.huey._reliable.release(leased)
+            except Exception:
+                logger.exception(
+                    'Could not put %d prefetched task(s) back on the queue; they are '
+                    'requeued when their leases expire',
+                    len(leased),
+                )
+        for task in taken:
+            if task.delivery is not None:
+                continue
             try:
                 self.huey.storage.enqueue(self.huey.serialize_task(task), task.priority)
                 count += 1
             except Exception:
                 logger.exception('Could not put prefetched task %s back on the queue', task.id)
+        return count

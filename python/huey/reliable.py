@@ -109,6 +109,11 @@ class Delivery:
         return f'<Delivery {self.token} #{self.count}{state}>'
 
 
+def _first_delivery(task):
+    """A leased task no crash was charged to (it may start before its turn: ``_ack``)."""
+    return task.delivery is not None and task.delivery.count == 1
+
+
 class RunTurns:
     """Whose turn it is to run in this process: any number of tasks together, or one task
     alone (a task charged by an earlier crash, see the module docstring). A task waiting
@@ -119,6 +124,10 @@ class RunTurns:
         self._running = 0
         self._alone = False
         self._waiting_alone = 0
+
+    def alone_pending(self):
+        """Whether a task runs alone or waits to (a snapshot)."""
+        return self._alone or self._waiting_alone > 0
 
     @contextlib.contextmanager
     def turn(self, alone):
@@ -218,26 +227,48 @@ class ReliableDelivery:
             leases = self._leases = Leases(storage, self.lease)
         return leases
 
-    def dequeue(self, timeout):
-        """The next task, moved into the in-flight area, with its ``delivery``; or None.
-        Undecodable messages are set aside (and their in-flight entry acked)."""
+    def dequeue_many(self, n, timeout):
+        """Up to ``n`` tasks moved into the in-flight area with one storage call where the
+        storage can (``batch_reliable``), each with its ``delivery`` and its lease renewed
+        from now on; [] when none came. Undecodable messages are set aside (and their
+        in-flight entry acked)."""
         storage = self.huey.storage
         leases = self.leases()
         if timeout is None and storage.blocking:
             timeout = storage.read_timeout
         while True:
-            token = uuid.uuid4().hex
-            got = storage.dequeue_reliable(leases.consumer, token, self.lease, timeout)
-            if got is None:
-                return None
-            leases.hold(token)
+            tokens = [uuid.uuid4().hex for _ in range(n)]
+            taken = storage.dequeue_reliable_many(leases.consumer, tokens, self.lease, timeout)
+            if not taken:
+                return []
+            for token, _, _ in taken:
+                leases.hold(token)
             crashpoint('after_dequeue')
-            task = self.huey._dead_letters.decode_or_set_aside(got[0])
-            if task is not None:
-                task.delivery = Delivery(token, got[1])
-                return task
-            leases.release(token)
-            storage.ack(token)
+            tasks = []
+            for token, data, deliveries in taken:
+                task = self.huey._dead_letters.decode_or_set_aside(data)
+                if task is None:
+                    leases.release(token)
+                    storage.ack(token)
+                else:
+                    task.delivery = Delivery(token, deliveries)
+                    tasks.append(task)
+            if tasks:
+                return tasks
+
+    def release(self, tasks):
+        """Put tasks taken but never started (a prefetch buffer) back on the queue now
+        (``storage.release_inflight``; a storage that cannot leaves them to be recovered
+        when their leases expire). Returns how many went back."""
+        leases = self.leases()
+        tokens = [task.delivery.token for task in tasks]
+        try:
+            requeued, dead = self.huey.storage.release_inflight(tokens, self.max_deliveries)
+        finally:
+            for token in tokens:
+                leases.release(token)
+        self._dead_lettered(dead)
+        return requeued
 
     def execute(self, task, run):
         """Call ``run()`` (the task's execution) under ``task.delivery`` once it is this
@@ -250,7 +281,8 @@ class ReliableDelivery:
         try:
             with leases.turns.turn(alone=delivery.count > 1):
                 try:
-                    if not self.huey.storage.mark_started(delivery.token):
+                    started = task.__dict__.pop('_started', None)  # by the ack before it
+                    if not (self._start(task) if started is None else started):
                         logger.warning('Task %s was recovered before it started.', task.id)
                         delivery.owned = False
                         return None
@@ -259,7 +291,7 @@ class ReliableDelivery:
                     leases.release(delivery.token)
                 if delivery.owned:
                     crashpoint('after_result_before_ack')
-                    if not self.huey.storage.ack(delivery.token):
+                    if not self._ack(task):
                         logger.warning(
                             'Task %s finished after its delivery was recovered.', task.id
                         )
@@ -268,21 +300,69 @@ class ReliableDelivery:
             raise
         return value
 
+    def _start(self, task):
+        """Charge ``task``'s delivery as it starts; False when it was recovered first. Its
+        revocation flags are read in the same step (``storage.start_and_peek``), for
+        ``huey.execution`` to check, unless Huey's revocation methods are customised."""
+        huey = self.huey
+        token = task.delivery.token
+        if huey._custom_revocation:
+            return huey.storage.mark_started(token)
+        changes = huey._revocations.changes
+        started, flags = huey.storage.start_and_peek(token, huey._revocations.keys(task))
+        task._revocation_flags = (changes, flags)
+        return started
+
+    def _ack(self, task):
+        """Ack ``task``'s delivery. When its worker can take its next task now (from the
+        prefetch buffer, ``huey.prefetch``), that task is started in the same step
+        (``storage.ack_and_start``): charged and its revocation flags read, the moment that
+        would happen anyway. Not a task charged by an earlier crash (it starts in a turn of
+        its own), nor while such a task waits for or holds its turn."""
+        huey = self.huey
+        token = task.delivery.token
+        prefetch = task._prefetch
+        ahead = None
+        if prefetch is not None and not huey._custom_revocation:
+            if not self.leases().turns.alone_pending():
+                ahead = prefetch.take_ahead(_first_delivery)
+        if ahead is None:
+            return huey.storage.ack(token)
+        changes = huey._revocations.changes
+        keys = huey._revocations.keys(ahead)
+        acked, started, flags = huey.storage.ack_and_start(token, ahead.delivery.token, keys)
+        ahead._started = started
+        ahead._revocation_flags = (changes, flags)
+        return acked
+
     def lost(self, task):
         """The fence: False when this run still owns its delivery (its lease is renewed
         now); True, and nothing must be recorded, when it was recovered meanwhile."""
-        delivery = task.delivery
-        leases = self.leases()
-        if leases.still_ours(delivery.token):
+        if self.leases().still_ours(task.delivery.token):
             return False
+        self._fenced_out(task)
+        return True
+
+    def finish(self, task, key, data):
+        """The fence and the result write in one step (``storage.renew_delete_and_put``):
+        clear the task's revocation flag and store ``data`` under ``key`` (None: no
+        result) only while this run owns its delivery. False, with nothing written and
+        nothing further to record, when it was recovered meanwhile."""
+        token = task.delivery.token
+        storage = self.huey.storage
+        if storage.renew_delete_and_put(token, self.lease, task.revoke_id, key, data):
+            return True
+        self._fenced_out(task)
+        return False
+
+    def _fenced_out(self, task):
         logger.warning(
             'Task %s finished after its lease expired and it was requeued; '
             'its result and continuation are not recorded.',
             task.id,
         )
-        leases.release(delivery.token)
-        delivery.owned = False
-        return True
+        self.leases().release(task.delivery.token)
+        task.delivery.owned = False
 
     def abandon(self, task):
         """An interrupted run: not acked, so the message is delivered again once its lease
@@ -299,8 +379,11 @@ class ReliableDelivery:
             logger.warning(
                 'Requeued %d task(s) whose consumer stopped renewing its lease.', requeued
             )
+        self._dead_lettered(dead)
+        return requeued, len(dead)
+
+    def _dead_lettered(self, dead):
         for _, deliveries, letter_id in dead:
             reason = over_cap_reason(deliveries, self.max_deliveries)
             logger.error('A task was %s; set aside as dead letter %s.', reason, letter_id)
             self.huey._emit(S.SIGNAL_DEAD_LETTER, None, reason, letter_id)
-        return requeued, len(dead)

@@ -50,6 +50,9 @@ class BaseStorage:
     #: ``dequeue_many(n)`` takes several messages with one call to the server; the
     #: consumer's prefetch (``huey.prefetch``) is used only on storages that do.
     batch_dequeue = False
+    #: The same for reliable mode: ``dequeue_reliable_many`` takes several messages into
+    #: flight with one call, and ``release_inflight`` puts taken ones back.
+    batch_reliable = False
 
     def __init__(self, name='huey', **storage_kwargs):
         self.name = name
@@ -362,10 +365,56 @@ class BaseStorage:
         delivery itself (then a message fetched but never started is charged too)."""
         return True
 
+    def dequeue_reliable_many(self, consumer, tokens, lease, timeout=None):
+        """``dequeue_reliable`` for up to one message per token in ``tokens`` (fresh strs),
+        with one call where the storage can (``batch_reliable``): ``[(token, data,
+        deliveries)]`` in queue order, [] when the queue stayed empty. Default: one
+        ``dequeue_reliable`` with the first token."""
+        token = tokens[0]
+        got = self.dequeue_reliable(consumer, token, lease, timeout)
+        return [] if got is None else [(token, *got)]
+
+    def release_inflight(self, tokens, max_deliveries):
+        """Put the in-flight entries ``tokens``, taken but never started, back at the front
+        of the queue now, as ``recover_expired`` does for an expired one (keeping their
+        delivery counts; one at ``max_deliveries`` goes to the dead-letter queue); returns
+        ``recover_expired``'s pair. Required with ``batch_reliable``. Default: nothing is
+        put back, and each is recovered once its lease expires."""
+        return 0, []
+
+    def start_and_peek(self, token, peek_keys):
+        """``mark_started(token)`` and, when it was still in flight, ``peek_many(peek_keys)``
+        (the task's revocation flags, read as it starts): ``(started, {key: value})``.
+        Storages with round trips do both in one."""
+        started = self.mark_started(token)
+        return started, (self.peek_many(peek_keys) if started else {})
+
+    def ack_and_start(self, ack_token, start_token, peek_keys):
+        """A worker's ack of the task it finished and the start of the next one it took
+        from the prefetch buffer, with one call where the storage can: ``ack(ack_token)``,
+        then ``start_and_peek(start_token, peek_keys)``; ``(acked, started, {key:
+        value})``."""
+        acked = self.ack(ack_token)
+        return (acked, *self.start_and_peek(start_token, peek_keys))
+
     def renew_leases(self, tokens, lease):
         """Extend the lease of each in-flight entry in ``tokens`` to ``lease`` seconds from
         now; return how many are still in flight (an entry recovered meanwhile is not)."""
         raise NotImplementedError(_no_reliable(self))
+
+    def renew_delete_and_put(self, token, lease, delete_key, key, value):
+        """A reliable run's fence and its result write: renew ``token``'s lease to ``lease``
+        seconds and, only if it is still in flight, ``delete_and_put(delete_key, key, value,
+        True)`` (only ``delete_data(delete_key)`` when ``key`` is None). True when the entry
+        was still in flight and the write was made, False when it had been recovered and
+        nothing was written. Storages with round trips do it in one atomic step."""
+        if self.renew_leases([token], lease) != 1:
+            return False
+        if key is None:
+            self.delete_data(delete_key)
+        else:
+            self.delete_and_put(delete_key, key, value, is_result=True)
+        return True
 
     def ack(self, token):
         """Remove the in-flight entry ``token`` (its run is recorded); True when it was still

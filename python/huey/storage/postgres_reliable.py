@@ -122,6 +122,39 @@ class PostgresReliableDelivery:
         self._ensure_own_tables()
         return self._run('mark_started', (self.name, token)).rowcount > 0
 
+    def start_and_peek(self, token, peek_keys):
+        """One statement: the delivery charged, then the flags of ``peek_keys`` read."""
+        self._ensure_own_tables()
+        keys = [self._key(key) for key in peek_keys]
+        params = {'queue': self.name, 'token': token, 'keys': keys}
+        rows = self._rows('start_and_peek', params, binary=True)
+        if not rows[0][0]:
+            return False, {}
+        return True, {key: value for _, key, value in rows if key is not None}
+
+    def renew_delete_and_put(self, token, lease, delete_key, key, value):
+        """One statement: the lease renewed, and only then the flag deleted and the result
+        stored."""
+        _check_lease(lease)
+        self._ensure_own_tables()
+        delete_key = self._key(delete_key)
+        key = None if key is None else self._key(key)
+        if key is None:
+            name = 'renew_and_delete'
+        elif key == delete_key:  # one row: the upsert alone replaces it
+            name = 'renew_and_put'
+        else:
+            name = 'renew_delete_and_put'
+        params = {
+            'lease': lease,
+            'queue': self.name,
+            'token': token,
+            'delete_key': delete_key,
+            'key': key,
+            'value': value,
+        }
+        return self._scalar(name, params) == 1
+
     def renew_leases(self, tokens, lease):
         """Extend the lease of every in-flight entry in ``tokens`` (one statement); returns
         how many are still in flight."""

@@ -58,6 +58,15 @@ def statements(p):
         'order by priority desc, id limit 1 for update skip locked) '
         'returning id, data, priority'
     )
+    fence = (
+        f'with fence as (update {inflight} set lease_until = {NOW} + %(lease)s '
+        'where queue = %(queue)s and token = %(token)s returning 1)'
+    )
+    fenced_put = (
+        f'insert into {kv} (queue, key, value) select %(queue)s, %(key)s, %(value)s '
+        'where exists (select 1 from fence) '
+        'on conflict (queue, key) do update set value = excluded.value'
+    )
     return {
         'enqueue': (
             f'with added as (insert into {t} (queue, data, priority) values (%s, %s, %s) '
@@ -93,6 +102,15 @@ def statements(p):
         ),
         'mark_started': (
             f'update {inflight} set deliveries = deliveries + 1 where queue = %s and token = %s'
+        ),
+        # The start charged and the flags read in one statement: one row, more when several
+        # flags are set; the first column says whether the entry was still in flight.
+        'start_and_peek': (
+            f'with started as (update {inflight} set deliveries = deliveries + 1 '
+            'where queue = %(queue)s and token = %(token)s returning 1) '
+            'select (select count(*) from started), flag.key, flag.value '
+            f'from (values (1)) as one (x) left join {kv} flag '
+            'on flag.queue = %(queue)s and flag.key = any(%(keys)s)'
         ),
         'queue_size': f'select count(*) from {t} where queue = %s',
         'enqueued_items': (
@@ -159,6 +177,19 @@ def statements(p):
         'dead_letter_count': f'select count(*) from {dead} where queue = %s',
         'renew_leases': (
             f'update {inflight} set lease_until = {NOW} + %s where queue = %s and token = any(%s)'
+        ),
+        # The fence and the result write in one statement (renew_delete_and_put): the
+        # delete and the upsert happen only when the lease was still there to renew.
+        'renew_delete_and_put': (
+            f'{fence}, gone as (delete from {kv} where queue = %(queue)s '
+            'and key = %(delete_key)s and exists (select 1 from fence)), '
+            f'put as ({fenced_put}) select count(*) from fence'
+        ),
+        'renew_and_put': f'{fence}, put as ({fenced_put}) select count(*) from fence',
+        'renew_and_delete': (
+            f'{fence}, gone as (delete from {kv} where queue = %(queue)s '
+            'and key = %(delete_key)s and exists (select 1 from fence)) '
+            'select count(*) from fence'
         ),
         'ack': f'delete from {inflight} where queue = %s and token = %s',
         'expired': (

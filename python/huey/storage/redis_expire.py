@@ -42,8 +42,17 @@ class RedisExpireStorage(RedisStorage):
         else:
             self.conn.set(self.result_key(key), value, ex=self._expire_time)
 
-    # Flags and results are separate keys here: the default's two round trips.
+    # Flags and results are separate keys here: the defaults' two round trips.
     delete_put_and_peek = BaseStorage.delete_put_and_peek
+    start_and_peek = BaseStorage.start_and_peek
+    ack_and_start = BaseStorage.ack_and_start
+
+    def _ack_start_keys(self):
+        # No results hash to read flags from (the defaults above read none in the script);
+        # the fourth key only has to be one of this storage's.
+        return [self.lease_key, self.inflight_key, self.inflight_meta_key, self.inflight_meta_key]
+
+    renew_delete_and_put = BaseStorage.renew_delete_and_put
 
     def delete_and_put(self, delete_key, key, value, is_result=False):
         self._scripts.key_replace(

@@ -41,35 +41,47 @@ class RedisReliableDelivery:
             self.redelivery_key,
         ]
 
+    batch_reliable = True  # dequeue_reliable_many: one script for the batch
+
     def dequeue_reliable(self, consumer, token, lease, timeout=None):
-        """Move the next message into the in-flight hash under ``token`` (one script);
-        returns ``(data, deliveries)`` or None. When the queue is empty, waits up to
-        ``timeout`` seconds: blocking on the server for list queues (``_wait_reliable``),
-        polling (1 ms growing to ``reliable_poll_max``) for sorted sets, which have no
-        blocking move."""
+        taken = self.dequeue_reliable_many(consumer, [token], lease, timeout)
+        return taken[0][1:] if taken else None
+
+    def dequeue_reliable_many(self, consumer, tokens, lease, timeout=None):
+        """Move up to one message per token into the in-flight hash (one script); returns
+        ``[(token, data, deliveries)]``, [] when the queue stayed empty. When the queue is
+        empty, waits up to ``timeout`` seconds for one: blocking on the server for list
+        queues (``_wait_reliable``), polling (1 ms growing to ``reliable_poll_max``) for
+        sorted sets, which have no blocking move."""
+        tokens = list(tokens)
         deadline = time.monotonic() + (timeout or 0)
         delay = 0.001
         while True:
             got = self._scripts.reliable_pop(
                 keys=self._reliable_keys(),
-                args=[token, time.time() + lease, consumer, '1' if self._queue_is_zset else '0'],
+                args=[time.time() + lease, consumer, '1' if self._queue_is_zset else '0', *tokens],
                 client=self.conn,
             )
             if got:
-                taken = self._taken(token, got, self._member_offset)
+                taken = [
+                    (token, *entry)
+                    for token, reply in zip(tokens, got)
+                    for entry in [self._taken(token, reply, self._member_offset)]
+                    if entry
+                ]
                 if taken:
                     return taken
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             if not self._queue_is_zset:
-                got = self._wait_reliable(consumer, token, lease, remaining)
-                taken = got and self._taken(token, got, 0)
+                got = self._wait_reliable(consumer, tokens[0], lease, remaining)
+                taken = got and self._taken(tokens[0], got, 0)
                 if taken:
-                    return taken
+                    return [(tokens[0], *taken)]
                 if not got and deadline - time.monotonic() <= 0:
-                    return None
+                    return []
                 continue
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, self.reliable_poll_max)
@@ -124,22 +136,63 @@ class RedisReliableDelivery:
             renewed += self.conn.zadd(self.lease_key, mapping, xx=True, ch=True)
         return renewed
 
+    def _ack_start_keys(self):
+        return [self.lease_key, self.inflight_key, self.inflight_meta_key, self.result_key]
+
     def mark_started(self, token):
         """Charge the in-flight entry ``token`` its delivery; False when it is gone."""
+        reply = self._scripts.reliable_start(
+            keys=self._ack_start_keys(), args=[token], client=self.conn
+        )
+        return bool(int(reply[0]))
+
+    def start_and_peek(self, token, peek_keys):
+        """One script: the delivery charged, then (when still in flight) the fields of
+        ``peek_keys`` read from the results hash."""
+        peek_keys = list(peek_keys)
+        reply = self._scripts.reliable_start(
+            keys=self._ack_start_keys(), args=[token, *peek_keys], client=self.conn
+        )
+        return _started(peek_keys, reply)
+
+    def ack_and_start(self, ack_token, start_token, peek_keys):
+        """One script: ``ack(ack_token)``, then ``start_and_peek(start_token, peek_keys)``."""
+        peek_keys = list(peek_keys)
+        reply = self._scripts.reliable_ack_start(
+            keys=self._ack_start_keys(),
+            args=[ack_token, start_token, *peek_keys],
+            client=self.conn,
+        )
+        return (bool(int(reply[0])), *_started(peek_keys, reply[1:]))
+
+    def renew_delete_and_put(self, token, lease, delete_key, key, value):
+        """One script: the lease renewed and the result written only while the delivery is
+        still in flight."""
+        put = key is not None
         return bool(
-            self._scripts.reliable_start(
-                keys=[self.inflight_meta_key], args=[token], client=self.conn
+            self._scripts.reliable_finish(
+                keys=[
+                    self.result_key,
+                    self.notify_prefix + (_text(key) if put else ''),
+                    self.lease_key,
+                ],
+                args=[
+                    delete_key,
+                    '1' if put else '0',
+                    key if put else '',
+                    value if put else b'',
+                    self._notify_ttl(True),
+                    token,
+                    time.time() + lease,
+                ],
+                client=self.conn,
             )
         )
 
     def ack(self, token):
         """Remove the in-flight entry ``token``; False when it was already recovered."""
         return bool(
-            self._scripts.reliable_ack(
-                keys=[self.lease_key, self.inflight_key, self.inflight_meta_key],
-                args=[token],
-                client=self.conn,
-            )
+            self._scripts.reliable_ack(keys=self._ack_start_keys(), args=[token], client=self.conn)
         )
 
     def recover_expired(self, max_deliveries, now=None):
@@ -151,9 +204,18 @@ class RedisReliableDelivery:
         tokens = self.conn.zrangebyscore(
             self.lease_key, '-inf', f'({now!r}', start=0, num=self.recover_batch
         )
+        return self._recover([_text(token) for token in tokens], now, max_deliveries)
+
+    def release_inflight(self, tokens, max_deliveries):
+        """The recovery script on ``tokens`` whatever their lease: back at the front of the
+        queue in their order (a list queue takes from its tail, so they go newest first)."""
+        tokens = list(tokens)[::-1]
+        return self._recover(tokens, time.time() + 10**9, max_deliveries)
+
+    def _recover(self, tokens, now, max_deliveries):
+        """The recovery script over ``tokens``: those whose lease ended before ``now``."""
         if not tokens:
             return 0, []
-        tokens = [_text(token) for token in tokens]
         moved, dead, bad = self._scripts.reliable_recover(
             keys=[
                 self.lease_key,
@@ -212,3 +274,10 @@ class RedisReliableDelivery:
             elif staged is not None:
                 items.append((_text(token), '?', 0, until, staged))
         return items
+
+
+def _started(peek_keys, reply):
+    """``start_and_peek``'s pair from the start script's reply."""
+    if not int(reply[0]):
+        return False, {}
+    return True, {k: v for k, v in zip(peek_keys, reply[1:]) if v is not None}

@@ -45,24 +45,47 @@ return 0
 
 # The consumer's result write (``delete_and_put``): one field of the results hash goes (the
 # task's revocation flag), another is set (its result), and with ``notify_result`` a waiter
-# is woken; then other fields may be read (``delete_put_and_peek``: the next task's
-# revocation flags, in the same round trip). One script rather than a pipeline: the same
-# round trip, less client work.
-# KEYS: results hash, notify list. ARGV: field to delete, '1' to set the next two ('0' to
-# only delete), field, value, notify list TTL in seconds ('0': no notification), then the
-# fields to read. Returns their values (false where unset).
-HASH_REPLACE = """\
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[2] == '1' then
-    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-    if ARGV[5] ~= '0' then
-        redis.call('LPUSH', KEYS[2], '1')
-        redis.call('EXPIRE', KEYS[2], ARGV[5])
+# is woken. One script rather than a pipeline: the same round trip, less client work.
+# KEYS: results hash, notify list. ARGV[1..5]: field to delete, '1' to set the next two ('0'
+# to only delete), field, value, notify list TTL in seconds ('0': no notification).
+_REPLACE = """\
+local function replace()
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    if ARGV[2] == '1' then
+        redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+        if ARGV[5] ~= '0' then
+            redis.call('LPUSH', KEYS[2], '1')
+            redis.call('EXPIRE', KEYS[2], ARGV[5])
+        end
     end
 end
+"""
+
+# The result write, then other fields may be read (``delete_put_and_peek``: the next task's
+# revocation flags, in the same round trip). ARGV: _REPLACE's five, then the fields to read.
+# Returns their values (false where unset).
+HASH_REPLACE = (
+    _REPLACE
+    + """\
+replace()
 if #ARGV < 6 then return {} end
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 6))
 """
+)
+
+# A reliable run's fence and result write (``renew_delete_and_put``): when the delivery's
+# lease is still there its lease is renewed and the write is made; else nothing.
+# KEYS: results hash, notify list, lease. ARGV: _REPLACE's five, token, lease end.
+# Returns 1 when the write was made, 0 when the delivery had been recovered.
+RELIABLE_FINISH = (
+    _REPLACE
+    + """\
+if not redis.call('ZSCORE', KEYS[3], ARGV[6]) then return 0 end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[7], ARGV[6])
+replace()
+return 1
+"""
+)
 
 # HASH_REPLACE for RedisExpireStorage, whose values are plain keys.
 # KEYS: key to delete, key to set, notify list. ARGV: value, TTL in seconds ('0': none),
@@ -120,91 +143,125 @@ end
 return record
 """
 
-# The end of both reliable takes (RELIABLE_POP, RELIABLE_ADOPT), once ``member`` and its
-# ``score`` are in flight: the entry's meta keeps the deliveries charged so far
-# (RELIABLE_START charges this one when its task starts); the reply is {member, deliveries
-# counting this one}, or {member, 0, bad count} when the redelivery count is unreadable (the
-# caller sets the message aside).
-_TAKE_TAIL = """\
-local before = redis.call('HGET', KEYS[5], member)
-if before then redis.call('HDEL', KEYS[5], member) end
-local charged = tonumber(before or '0')
-local bad = not charged or charged < 0 or charged % 1 ~= 0
-if bad then charged = 0 end
-redis.call('HSET', KEYS[4], ARGV[1], charged .. ' ' .. score .. ' ' .. ARGV[3])
-if bad then return {member, 0, before} end
-return {member, charged + 1}
-"""
-
-# A token already in flight gets its member back (a call resent after a lost reply must not
-# take a second message).
-_HELD = """\
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if held then
-    local charged = tonumber(string.match(redis.call('HGET', KEYS[4], ARGV[1]) or '0', '^%d+'))
-    return {held, (charged or 0) + 1}
+# The two reliable takes (RELIABLE_POP, RELIABLE_ADOPT) share their keys and these steps.
+# KEYS: (queue or staging list), inflight, lease, meta, redelivery.
+# held(token): a token already in flight gets its member back (a call resent after a lost
+# reply must not take a second message): {member, deliveries}, or nil.
+# take(token, member, score, lease end, consumer): puts ``member`` in flight under ``token``
+# with a lease; the entry's meta keeps the deliveries charged so far (RELIABLE_START charges
+# this one when its task starts). Returns {member, deliveries counting this one}, or {member,
+# 0, bad count} when the redelivery count is unreadable (the caller sets the message aside).
+_TAKE = """\
+local function held(token)
+    local member = redis.call('HGET', KEYS[2], token)
+    if not member then return nil end
+    local charged = tonumber(string.match(redis.call('HGET', KEYS[4], token) or '0', '^%d+'))
+    return {member, (charged or 0) + 1}
+end
+local function take(token, member, score, lease_end, consumer)
+    redis.call('HSET', KEYS[2], token, member)
+    redis.call('ZADD', KEYS[3], lease_end, token)
+    local before = redis.call('HGET', KEYS[5], member)
+    if before then redis.call('HDEL', KEYS[5], member) end
+    local charged = tonumber(before or '0')
+    local bad = not charged or charged < 0 or charged % 1 ~= 0
+    if bad then charged = 0 end
+    redis.call('HSET', KEYS[4], token, charged .. ' ' .. score .. ' ' .. consumer)
+    if bad then return {member, 0, before} end
+    return {member, charged + 1}
 end
 """
 
-# Reliable delivery: moves the next queue member into the in-flight hash under the caller's
-# token, with a lease. Returns {member, deliveries} or false when the queue is empty.
+# Reliable delivery: moves up to one queue member per token into the in-flight hash under
+# that token, with a lease, in queue order. Returns one reply of take() per token that got a
+# message, in token order (fewer than the tokens when the queue ran out).
 # KEYS: queue, inflight, lease, meta, redelivery.
-# ARGV: token, lease end (unix time), consumer, '1' for a sorted-set queue.
+# ARGV: lease end (unix time), consumer, '1' for a sorted-set queue, then the tokens.
 RELIABLE_POP = (
-    _HELD
+    _TAKE
     + """\
-local member, score
-if ARGV[4] == '1' then
-    local popped = redis.call('ZPOPMIN', KEYS[1])
-    if #popped == 0 then return false end
-    member, score = popped[1], popped[2]
-else
-    member = redis.call('RPOP', KEYS[1])
-    if not member then return false end
-    score = '0'
+local taken = {}
+for i = 4, #ARGV do
+    local entry = held(ARGV[i])
+    if not entry then
+        local member, score
+        if ARGV[3] == '1' then
+            local popped = redis.call('ZPOPMIN', KEYS[1])
+            if #popped == 0 then break end
+            member, score = popped[1], popped[2]
+        else
+            member = redis.call('RPOP', KEYS[1])
+            if not member then break end
+            score = '0'
+        end
+        entry = take(ARGV[i], member, score, ARGV[1], ARGV[2])
+    end
+    taken[#taken + 1] = entry
 end
-redis.call('HSET', KEYS[2], ARGV[1], member)
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return taken
 """
-    + _TAKE_TAIL
 )
 
 # A blocking reliable pop (list queues): BRPOPLPUSH moved the next message into the token's
 # staging list (under a lease registered first); this adopts it into the in-flight hash as
-# RELIABLE_POP does. Returns {member, deliveries} or false.
+# RELIABLE_POP does. Returns take()'s reply, or false.
 # KEYS: staging list, inflight, lease, meta, redelivery. ARGV: token, lease end, consumer.
 RELIABLE_ADOPT = (
-    _HELD
+    _TAKE
     + """\
+local entry = held(ARGV[1])
+if entry then return entry end
 local member = redis.call('RPOP', KEYS[1])
 if not member then return false end
-local score = '0'
-redis.call('HSET', KEYS[2], ARGV[1], member)
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return take(ARGV[1], member, '0', ARGV[2], ARGV[3])
 """
-    + _TAKE_TAIL
 )
 
-# The task of in-flight entry ARGV[1] starts: charge its delivery. Returns 0 when the entry
-# is gone. KEYS: meta.
-RELIABLE_START = """\
-local meta = redis.call('HGET', KEYS[1], ARGV[1])
-if not meta then return 0 end
-local charged, rest = string.match(meta, '^(%d+)( .*)$')
-if not charged then return 1 end
-redis.call('HSET', KEYS[1], ARGV[1], (tonumber(charged) + 1) .. rest)
-return 1
+# The end and the start of a delivery. KEYS: lease, inflight, meta, results hash.
+# ack(token): its in-flight entry, lease and meta go; 1 when it was still in flight, 0 when
+# a recovery took it first.
+# start(token, first): the task of in-flight entry ``token`` starts: its delivery is charged;
+# then, when it was still in flight, the fields ARGV[first..] are read (the task's
+# revocation flags, ``start_and_peek``). Returns {1 or 0 (the entry is gone), the fields'
+# values (false where unset)...}.
+_ACK_START = """\
+local function ack(token)
+    local owned = redis.call('HDEL', KEYS[2], token)
+    redis.call('ZREM', KEYS[1], token)
+    redis.call('HDEL', KEYS[3], token)
+    return owned
+end
+local function start(token, first)
+    local meta = redis.call('HGET', KEYS[3], token)
+    if not meta then return {0} end
+    local charged, rest = string.match(meta, '^(%d+)( .*)$')
+    if charged then
+        redis.call('HSET', KEYS[3], token, (tonumber(charged) + 1) .. rest)
+    end
+    if #ARGV < first then return {1} end
+    local values = redis.call('HMGET', KEYS[4], unpack(ARGV, first))
+    table.insert(values, 1, 1)
+    return values
+end
 """
 
-# Acknowledges a delivery: its in-flight entry, lease and meta go. Returns 1 when the entry
-# was still in flight, 0 when a recovery took it first.
-# KEYS: lease, inflight, meta. ARGV: token.
-RELIABLE_ACK = """\
-local owned = redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return owned
+# ARGV: token. Returns ack()'s reply.
+RELIABLE_ACK = _ACK_START + 'return ack(ARGV[1])\n'
+
+# ARGV: token, then the fields to read. Returns start()'s reply.
+RELIABLE_START = _ACK_START + 'return start(ARGV[1], 2)\n'
+
+# One worker's ack of the task it finished and the start of its next, taken ahead from the
+# prefetch buffer (``ack_and_start``). ARGV: token to ack, token to start, then the fields to
+# read. Returns {ack()'s reply, start()'s reply...}.
+RELIABLE_ACK_START = (
+    _ACK_START
+    + """\
+local reply = start(ARGV[2], 3)
+table.insert(reply, 1, ack(ARGV[1]))
+return reply
 """
+)
 
 # Recovers the given tokens whose lease has expired (the caller read them with ZRANGEBYSCORE;
 # a token renewed or recovered since is skipped). A message goes back to the queue with its
@@ -288,4 +345,6 @@ class Scripts:
         self.reliable_adopt = client.register_script(RELIABLE_ADOPT)
         self.reliable_ack = client.register_script(RELIABLE_ACK)
         self.reliable_start = client.register_script(RELIABLE_START)
+        self.reliable_ack_start = client.register_script(RELIABLE_ACK_START)
+        self.reliable_finish = client.register_script(RELIABLE_FINISH)
         self.reliable_recover = client.register_script(RELIABLE_RECOVER)

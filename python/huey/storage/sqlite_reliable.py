@@ -194,6 +194,25 @@ class SqliteReliableDelivery:
             ).rowcount
         return renewed
 
+    def renew_delete_and_put(self, token, lease, delete_key, key, value):
+        """One transaction: the lease renewed, and only then the flag deleted and the result
+        stored."""
+        self._ensure_reliable_tables()
+        with self._transaction('storing a result') as conn:
+            renewed = conn.execute(
+                'update huey_rs_inflight set lease_until = ? where queue = ? and token = ?',
+                (time.time() + lease, self.name, token),
+            ).rowcount
+            if renewed != 1:
+                return False
+            conn.execute('delete from kv where queue = ? and key = ?', (self.name, delete_key))
+            if key is not None:
+                conn.execute(
+                    'insert or replace into kv (queue, key, value) values (?, ?, ?)',
+                    (self.name, key, value),
+                )
+        return True
+
     def ack(self, token):
         """Remove the in-flight entry ``token``; False when it is no longer there (it was
         recovered after its lease expired)."""
