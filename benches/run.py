@@ -86,6 +86,17 @@ def workloads():
                 {'storage': storage, 'mode': 'drain', 'tasks': quick, 'worker_type': 'process'},
             )
         )
+    # huey-rs in at-least-once mode (reliable=True); huey 3.5.4 has no such mode, so its
+    # column is its only one: this row's ratio is what at-least-once costs against huey's
+    # at-most-once, and drain-redis's huey-rs cell is the same run's default mode.
+    ws.append(
+        Workload(
+            'drain-redis-reliable',
+            'consumer',
+            {'storage': 'redis', 'mode': 'drain', 'tasks': 20_000, 'reliable': True},
+            {'storage': 'redis', 'mode': 'drain', 'tasks': 1_000, 'reliable': True},
+        )
+    )
     for storage in drain:
         ws.append(
             Workload(

@@ -5,6 +5,7 @@ A workload is run as ``python -m workloads.<family> '<json params>'`` and prints
 code drives huey-rs and huey 3.5.4.
 """
 
+import importlib.util
 import json
 import os
 import pickle
@@ -64,6 +65,9 @@ POSTGRES_TABLES = (
     'huey_task, huey_schedule, huey_kv, huey_counter, huey_rs_dead_letter, huey_rs_inflight, '
     'huey_rs_redelivery'
 )
+
+
+IS_HUEY_RS = importlib.util.find_spec('huey._native') is not None
 
 
 def make_huey(storage, redis_url=None, pg_dsn=None, **kwargs):

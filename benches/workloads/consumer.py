@@ -5,6 +5,7 @@ every task completed (thread workers: counted by SIGNAL_COMPLETE in this process
 ``worker_type=process`` the forked workers run them, so the run polls ``result_count()``
 every 2 ms until all N results are stored); with ``metrics=true`` (huey-rs only) the consumer
 serves OpenMetrics (``--metrics``) and a thread scrapes it every second meanwhile.
+``reliable=true``: huey-rs in reliable mode (huey 3.5.4, which has none, in its default).
 ``mode=latency``: on an idle consumer, enqueue
 one task and block on its result, repeatedly, with short pauses so the workers go back to
 polling an empty queue.
@@ -16,7 +17,7 @@ import time
 
 from huey.signals import SIGNAL_COMPLETE
 
-from workloads._common import emit, make_huey, metric, params, percentile
+from workloads._common import IS_HUEY_RS, emit, make_huey, metric, params, percentile
 
 STALL_TIMEOUT = 10  # seconds without progress before a run counts as broken, not slow
 
@@ -151,9 +152,10 @@ def latency(huey, samples, pause):
 def main():
     logging.getLogger('huey').setLevel(logging.WARNING)
     p = params()
-    huey = make_huey(
-        p['storage'], p.get('redis_url'), p.get('pg_dsn'), **p.get('storage_kwargs', {})
-    )
+    kwargs = dict(p.get('storage_kwargs', {}))
+    if p.get('reliable') and IS_HUEY_RS:  # huey 3.5.4 has no reliable mode: its default
+        kwargs['reliable'] = True
+    huey = make_huey(p['storage'], p.get('redis_url'), p.get('pg_dsn'), **kwargs)
     if p['mode'] == 'drain':
         metrics, check = drain(
             huey, p['tasks'], p.get('worker_type', 'thread'), p.get('metrics', False)
