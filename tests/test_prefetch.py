@@ -341,6 +341,7 @@ def test_reliable_mode_takes_leased_batches_and_releases_them_to_the_queue_front
     assert [t.args[0] for t in huey.pending()] == [2, 3, 4, 5, 6, 7]  # in order, in front
     again = huey.dequeue_many(3)
     assert [(t.args[0], t.delivery.count) for t in again] == [(2, 1), (3, 1), (4, 1)]
+    huey._reliable.leases().stop()  # five stay in flight: no renewing once Redis is gone
 
 
 def test_reliable_mode_runs_every_task_once_with_fewer_commands(
